@@ -1,0 +1,165 @@
+"""Command line of the workload (``python app/StableDiffusionViaHF.py`` / ``sd-energy-app``).
+
+Thin by design: parse, turn options into a ``GenerationRequest``, hand it to the runner or a
+suite. Every check lives in ``runner.check_inputs`` so the Python API validates the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import click
+
+from profiling.cli_support import UserError, config_option, run_cli
+
+from . import models, schedulers
+from .pipeline import ATTENTION_CHOICES, ExecutionOptions
+from .runner import GenerationRequest
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def _list_variants() -> None:
+    click.echo(f"{'variant':<20} {'family':<13} {'size':>5} {'steps':>5} {'sched':<11} {'cfg':>4} {'GiB':>5}  hub id")
+    for v in models.VARIANTS.values():
+        click.echo(f"{v.key:<20} {v.family:<13} {v.native_size:>5} {v.default_steps:>5} {v.default_scheduler:<11} "
+                   f"{v.default_guidance:>4} {v.approx_memory_gib:>5}  {v.hub_id}  ({v.notes})")
+
+
+def _list_schedulers() -> None:
+    for s in schedulers.SCHEDULERS.values():
+        kind = "flow" if s.flow else "noise-pred"
+        click.echo(f"{s.name:<14} {s.class_name:<34} {kind:<10} {s.description}")
+
+
+def _batch_size(ctx, param, value):
+    if value is None or value == "auto":
+        return value or 1
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError("--batch-size", value, "must be an integer or 'auto'") from None
+
+
+def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
+    prompts = list(prompt)
+    if prompt_file:
+        try:
+            lines = Path(prompt_file).read_text().splitlines()
+        except OSError as exc:
+            raise UserError("--prompt-file", prompt_file, exc.strerror or "cannot read") from None
+        prompts += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+        if not prompts:
+            raise UserError("--prompt-file", prompt_file, "holds no prompt")
+    return prompts
+
+
+@click.command(context_settings=CONTEXT)
+@config_option
+@click.option("--model-variant", default="sd-v1.5", show_default=True, help="Registered variant (--list-variants).")
+@click.option("--custom-model", default=None, help="Any hub id or local directory of a diffusers pipeline.")
+@click.option("--model-family", default="sd1", type=click.Choice(sorted(models.FAMILY_PIPELINES)),
+              show_default=True, help="Family of --custom-model.")
+@click.option("--weights", default="auto", type=click.Choice(["auto", "pretrained", "random", "tiny"]),
+              show_default=True, help="auto: real weights if on disk (or a GPU can fetch them), else tiny.")
+@click.option("--allow-pickle", is_flag=True, help="Also load .bin/.ckpt pickle weights (unsafe for untrusted files).")
+@click.option("--scheduler", default=None, help="Sampler (--list-schedulers); default: the variant's own.")
+@click.option("--device", default="auto", type=click.Choice(["auto", "cuda", "mps", "cpu"]), show_default=True)
+@click.option("--dtype", default="auto", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), show_default=True)
+@click.option("--attention", default="sdpa", type=click.Choice(ATTENTION_CHOICES), show_default=True)
+@click.option("--cpu-offload", default="none", type=click.Choice(["none", "model", "sequential"]), show_default=True)
+@click.option("--vae-slicing", is_flag=True)
+@click.option("--vae-tiling", is_flag=True)
+@click.option("--channels-last", is_flag=True)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet/transformer.")
+@click.option("--prompt", multiple=True, help="Prompt (repeatable).")
+@click.option("--prompt-file", default=None, help="One prompt per line (# comments).")
+@click.option("--negative-prompt", default=None)
+@click.option("--height", type=int, default=None, help="Default: the variant's native size.")
+@click.option("--width", type=int, default=None)
+@click.option("--steps", type=int, default=None, help="Denoising steps; default: the variant's own.")
+@click.option("--guidance-scale", type=float, default=None)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-images", type=int, default=None, help="Default: prompts x images-per-prompt.")
+@click.option("--batch-size", default="1", callback=_batch_size, show_default=True, help="N or auto.")
+@click.option("--images-per-prompt", type=int, default=1, show_default=True)
+@click.option("--warmup", type=int, default=0, show_default=True, help="Untimed runs before measuring.")
+@click.option("--style", default=None, help="Prompt prefix preset (icon, photo, ...).")
+@click.option("--style-file", default=None, help="YAML of name: prefix, adding to configs/styles.yaml.")
+@click.option("--init-image", default=None, help="Input image for img2img (sdxl-refiner).")
+@click.option("--strength", type=float, default=0.3, show_default=True, help="img2img strength.")
+@click.option("--output-dir", default="outputs", show_default=True)
+@click.option("--output-prefix", default="")
+@click.option("--save-images/--no-save-images", default=True, show_default=True)
+@click.option("--export-metrics", default=None, help="Write the metrics JSON here (atomically).")
+@click.option("--benchmark", is_flag=True, help="Run --benchmark-type instead of one generation.")
+@click.option("--benchmark-type", default="speed",
+              type=click.Choice(["speed", "quality", "memory_stress", "artistic_styles", "energy_research", "icons"]))
+@click.option("--benchmark-runs", type=int, default=3, show_default=True, help="Repeats per case (mean/std/CV).")
+@click.option("--scheduler-comparison", is_flag=True, help="Every scheduler that fits the model, same seed.")
+@click.option("--multi-resolution", is_flag=True, help="0.5x to 1.25x the native size.")
+@click.option("--list-variants", is_flag=True)
+@click.option("--list-schedulers", is_flag=True)
+@click.option("-q", "--quiet", is_flag=True)
+def cli(**o):
+    """Generate images with a diffusion model and measure time, memory and throughput."""
+    if o["list_variants"]:
+        return _list_variants()
+    if o["list_schedulers"]:
+        return _list_schedulers()
+    for opt in ("benchmark_runs",):
+        if o[opt] < 1:
+            raise UserError("--benchmark-runs", o[opt], "must be at least 1")
+    req = GenerationRequest(
+        model_variant=o["model_variant"], custom_model=o["custom_model"], model_family=o["model_family"],
+        weights=o["weights"], allow_pickle=o["allow_pickle"], scheduler=o["scheduler"],
+        execution=ExecutionOptions(o["device"], o["dtype"], o["attention"], o["cpu_offload"], o["vae_slicing"],
+                                   o["vae_tiling"], o["channels_last"], o["compile_"]),
+        prompts=_prompts(o["prompt"], o["prompt_file"]), negative_prompt=o["negative_prompt"],
+        height=o["height"], width=o["width"], steps=o["steps"], guidance_scale=o["guidance_scale"], seed=o["seed"],
+        num_images=o["num_images"], batch_size=o["batch_size"], images_per_prompt=o["images_per_prompt"],
+        warmup=o["warmup"], style=o["style"], style_file=o["style_file"], init_image=o["init_image"],
+        strength=o["strength"], output_dir=o["output_dir"], output_prefix=o["output_prefix"],
+        save_images=o["save_images"], export_metrics=o["export_metrics"])
+    log = (lambda *_: None) if o["quiet"] else click.echo
+    warnings.filterwarnings("ignore")
+    _quiet_libraries()
+    from . import suites
+    from .runner import check_inputs, run_generation
+
+    check_inputs(req)
+    out = Path(o["output_dir"])
+    if o["benchmark"] or o["scheduler_comparison"] or o["multi_resolution"]:
+        if o["benchmark"]:
+            suites.run_cases(o["benchmark_type"], suites.suite_cases(o["benchmark_type"], req), req,
+                             o["benchmark_runs"], out, log)
+        if o["scheduler_comparison"]:
+            suites.run_cases("scheduler_comparison", suites.scheduler_cases(req), req, o["benchmark_runs"], out, log)
+        if o["multi_resolution"]:
+            suites.run_cases("multi_resolution", suites.resolution_cases(req), req, o["benchmark_runs"], out, log)
+        return 0
+    m = run_generation(req, log=log)
+    c = m["config"]
+    log(f"{c['model_variant']} ({c['weights']} weights, {c['dtype']}, {c['device']}), {c['scheduler_class']}: "
+        f"{m['images']} image(s) {c['height']}x{c['width']} x {c['steps']} steps in {m['generation_s']:.3f} s = "
+        f"{m['images_per_s']:.3f} img/s, {m['steps_per_s']:.2f} steps/s, peak {m['peak_memory_mib']:.0f} MiB")
+    log("phases: " + json.dumps({k: round(v, 4) for k, v in m["phases_s"].items()}))
+    if o["export_metrics"]:
+        log(f"metrics: {o['export_metrics']}")
+    return 0
+
+
+def _quiet_libraries() -> None:
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_cli(cli, args, prog_name="StableDiffusionViaHF.py")

@@ -1,0 +1,271 @@
+"""One generation job: validate the request, load, warm up, generate in batches, save, report metrics."""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from profiling.cli_support import UserError
+
+from . import outputs, schedulers, weights
+from .models import ModelVariant, UnknownVariantError, custom_variant, get_variant
+from .pipeline import ExecutionOptions, Generator, backoff_batches, environment_info, load_workload, peak_memory_mib
+from .timing import PhaseRecorder
+
+ICON_PREFIX = ("flat vector icon, minimal, solid shapes, no gradients, no shading, no texture, white background, "
+               "centered composition, simple geometry, ")
+STYLES_FILE = Path(__file__).resolve().parent.parent / "configs" / "styles.yaml"
+DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
+
+
+def load_styles(extra_file: str | None = None) -> dict[str, str]:
+    styles = {"icon": ICON_PREFIX}
+    for path in (STYLES_FILE, extra_file):
+        if path and Path(path).exists():
+            styles.update(yaml.safe_load(Path(path).read_text()) or {})
+    return styles
+
+
+@dataclass
+class GenerationRequest:
+    model_variant: str = "sd-v1.5"
+    custom_model: str | None = None
+    model_family: str = "sd1"
+    weights: str = "auto"
+    allow_pickle: bool = False
+    scheduler: str | None = None
+    execution: ExecutionOptions = field(default_factory=ExecutionOptions)
+    prompts: list[str] = field(default_factory=list)
+    negative_prompt: str | None = None
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    seed: int = 0
+    num_images: int | None = None
+    batch_size: int | str = 1
+    images_per_prompt: int = 1
+    warmup: int = 0
+    style: str | None = None
+    style_file: str | None = None
+    init_image: str | None = None
+    strength: float = 0.3
+    output_dir: str = "outputs"
+    output_prefix: str = ""
+    save_images: bool = True
+    export_metrics: str | None = None
+
+    def variant(self) -> ModelVariant:
+        if self.custom_model:
+            return replace(custom_variant(self.custom_model, self.model_family))
+        return get_variant(self.model_variant)
+
+    def resolved(self) -> GenerationRequest:
+        """Fill unset work parameters from the variant's defaults (its own operating point)."""
+        v = self.variant()
+        prompts = self.prompts or [DEFAULT_PROMPT]
+        def pick(value, default):
+            return default if value is None else value
+
+        return replace(self, prompts=prompts, height=pick(self.height, v.native_size),
+                       width=pick(self.width, v.native_size), steps=pick(self.steps, v.default_steps),
+                       scheduler=pick(self.scheduler, v.default_scheduler),
+                       guidance_scale=pick(self.guidance_scale, v.default_guidance),
+                       num_images=pick(self.num_images, len(prompts) * self.images_per_prompt))
+
+
+def check_inputs(req: GenerationRequest) -> tuple[GenerationRequest, ModelVariant]:
+    """Every user error, named by its option and value, before anything loads or is written."""
+    try:
+        variant = req.variant()
+    except UnknownVariantError as exc:
+        raise UserError("--model-variant", req.model_variant, exc.message.split(": ", 1)[-1]) from None
+    r = req.resolved()
+    if r.steps < 1:
+        raise UserError("--steps", r.steps, "must be at least 1")
+    if variant.allowed_steps and r.steps not in variant.allowed_steps:
+        raise UserError("--steps", r.steps, f"{variant.key} ships checkpoints for {variant.allowed_steps} steps only")
+    for opt, val in (("--height", r.height), ("--width", r.width)):
+        if val < variant.size_factor or val % variant.size_factor:
+            raise UserError(opt, val, f"must be a positive multiple of {variant.size_factor} for {variant.family} models")
+    if r.guidance_scale < 0:
+        raise UserError("--guidance-scale", r.guidance_scale, "must be >= 0")
+    if r.batch_size != "auto" and int(r.batch_size) < 1:
+        raise UserError("--batch-size", r.batch_size, "must be at least 1 or 'auto'")
+    for opt, val in (("--num-images", r.num_images), ("--images-per-prompt", r.images_per_prompt)):
+        if val < 1:
+            raise UserError(opt, val, "must be at least 1")
+    if r.warmup < 0:
+        raise UserError("--warmup", r.warmup, "must be >= 0")
+    try:
+        schedulers.check_fits(r.scheduler, variant.family)
+    except schedulers.SchedulerError as exc:
+        raise UserError("--scheduler", r.scheduler, str(exc)) from None
+    if r.style and r.style not in load_styles(r.style_file):
+        raise UserError("--style", r.style, f"unknown style; known: {', '.join(sorted(load_styles(r.style_file)))}")
+    if variant.needs_init_image:
+        if not r.init_image:
+            raise UserError("--init-image", None, f"{variant.key} is an img2img refiner and needs --init-image PATH")
+        if not Path(r.init_image).is_file():
+            raise UserError("--init-image", r.init_image, "no such file")
+        if int(r.steps * r.strength) < 1:
+            raise UserError("--steps", r.steps, f"with strength {r.strength} the refiner would run no denoising step")
+    if r.execution.attention == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise UserError("--attention", "xformers",
+                            "xformers is not installed (pip install '.[xformers]'), use sdpa") from None
+    if r.save_images or r.export_metrics is None:
+        reason = outputs.check_writable_dir(Path(r.output_dir))
+        if reason:
+            raise UserError("--output-dir", r.output_dir, reason)
+    if r.export_metrics:
+        reason = outputs.check_writable_dir(Path(r.export_metrics).resolve().parent)
+        if reason:
+            raise UserError("--export-metrics", r.export_metrics, reason)
+    return r, variant
+
+
+def expand_jobs(r: GenerationRequest) -> list[tuple[str, int]]:
+    """(prompt, seed) for each image: prompts in order, each ``images_per_prompt`` times, cycled to num_images.
+
+    Seeds are per image (seed + index), so an image does not change with the batch size.
+    """
+    order = [p for p in r.prompts for _ in range(r.images_per_prompt)]
+    return [(order[i % len(order)], r.seed + i) for i in range(r.num_images)]
+
+
+def step_hook_from_env():
+    """The simulated GPU stretches each step to the time it would take at the locked clock."""
+    if os.environ.get("PROFILING_SIMULATED_STATE"):
+        from profiling.backends.simulated import StepDilation
+
+        return StepDilation.from_env()
+    return None
+
+
+def run_generation(req: GenerationRequest, log=print, reuse: bool = False) -> dict:
+    r, variant = check_inputs(req)
+    from PIL import Image
+
+    prefix = load_styles(r.style_file)[r.style] if r.style else ""
+    init_image = Image.open(r.init_image).convert("RGB") if r.init_image else None
+    recorder = PhaseRecorder.from_env(r.execution.device)
+    started = datetime.now(timezone.utc)
+    try:
+        wl = load_workload(variant, r.weights, r.scheduler, r.execution, r.seed, r.allow_pickle, r.steps, recorder,
+                           reuse)
+    except weights.WeightsError as exc:
+        raise UserError("--weights", r.weights, str(exc)) from None
+    recorder.device = wl.device
+    for note in wl.notes:
+        log(f"note: {note}")
+    gen = Generator(wl, recorder, step_hook_from_env())
+    jobs = expand_jobs(r)
+
+    def batch(items, index, phase="batch"):
+        return gen.run_batch([prefix + p for p, _ in items], r.negative_prompt, r.height, r.width, r.steps,
+                             r.guidance_scale, [s for _, s in items], index, init_image, r.strength, phase)
+
+    for w in range(r.warmup):
+        batch(jobs[:1], -1 - w, phase="warmup")
+
+    batch_size = r.batch_size
+    results = []
+    if batch_size == "auto":
+        first = {}
+        start = min(len(jobs), 64 if wl.device.startswith("cuda") else len(jobs))
+        batch_size = backoff_batches(lambda b: first.setdefault("r", batch(jobs[:b], 0)), start)
+        results.append(first["r"])
+        done = batch_size
+    else:
+        batch_size, done = int(batch_size), 0
+    for i in range(done, len(jobs), batch_size):
+        results.append(batch(jobs[i:i + batch_size], len(results)))
+
+    out_dir = Path(r.output_dir)
+    files = []
+    with recorder.phase("save"):
+        if r.save_images:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            images = [im for res in results for im in res.images]
+            for idx, ((prompt, seed), im) in enumerate(zip(jobs, images, strict=True)):
+                name = f"{r.output_prefix}{outputs.slugify(prompt)}_{idx:03d}_s{seed}.png"
+                path = outputs.safe_child(out_dir, name)
+                params = {"prompt": prefix + prompt, "negative_prompt": r.negative_prompt, "seed": seed,
+                          "steps": r.steps, "guidance_scale": r.guidance_scale, "height": r.height, "width": r.width,
+                          "scheduler": wl.scheduler_class, "model": variant.hub_id, "weights": wl.weights_source}
+                outputs.save_png(im, path, params)
+                files.append(str(path))
+    recorder.close()
+
+    metrics = build_metrics(r, variant, wl, results, batch_size, started, files)
+    if r.save_images:
+        outputs.write_json_atomic(out_dir / f"{r.output_prefix}generation_config.json",
+                                  {"config": metrics["config"], "environment": metrics["environment"], "images": files})
+    metrics_path = r.export_metrics or os.environ.get("PROFILING_METRICS_FILE")  # set by the launcher
+    if metrics_path:
+        outputs.write_json_atomic(Path(metrics_path), metrics)
+    return metrics
+
+
+def _stats(values: list[float]) -> dict:
+    if not values:
+        return {"mean": None, "std": None, "cv": None, "n": 0}
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return {"mean": mean, "std": std, "cv": std / mean if mean else None, "n": len(values)}
+
+
+def build_metrics(r: GenerationRequest, variant: ModelVariant, wl, results, batch_size: int, started,
+                  files: list[str]) -> dict:
+    n_images = sum(len(res.images) for res in results)
+    total_s = sum(res.latency_s for res in results)
+    phases: dict[str, float] = {"load": wl.load_s}
+    for res in results:
+        for k, v in res.phases_s.items():
+            phases[k] = phases.get(k, 0.0) + v
+    steps_total = sum(len(res.step_times_s) for res in results)
+    config = {
+        "model_variant": variant.key, "model_id": variant.hub_id, "family": variant.family,
+        "weights": wl.weights_source, "scheduler": r.scheduler, "scheduler_class": wl.scheduler_class,
+        "dtype": wl.dtype, "attention": wl.options.attention, "device": wl.device,
+        "cpu_offload": wl.options.cpu_offload, "compile": wl.options.compile, "channels_last": wl.options.channels_last,
+        "vae_slicing": wl.options.vae_slicing, "vae_tiling": wl.options.vae_tiling,
+        "height": r.height, "width": r.width, "steps": r.steps, "guidance_scale": r.guidance_scale,
+        "batch_size": batch_size, "batch_size_requested": r.batch_size, "num_images": n_images,
+        "images_per_prompt": r.images_per_prompt, "seed": r.seed, "warmup": r.warmup, "style": r.style,
+        "prompts": r.prompts, "negative_prompt": r.negative_prompt,
+    }
+    per_image = [res.latency_s / len(res.images) for res in results for _ in res.images]
+    return {
+        "schema": "sd-energy.app-metrics/1",
+        "started_utc": started.isoformat(),
+        "finished_utc": datetime.now(timezone.utc).isoformat(),
+        "config": config,
+        "environment": environment_info(wl.device),
+        "notes": wl.notes,
+        "per_image_latency_s": per_image,
+        "per_batch_latency_s": [res.latency_s for res in results],
+        "per_step_s": [res.step_times_s for res in results],
+        "phases_s": phases,
+        "latency_stats_s": _stats([res.latency_s for res in results]),
+        "peak_memory_mib": peak_memory_mib(wl.device),
+        "images": n_images,
+        "generation_s": total_s,
+        "images_per_s": n_images / total_s if total_s else None,
+        "pixels_per_s": n_images * r.height * r.width / total_s if total_s else None,
+        "steps_per_s": steps_total / total_s if total_s else None,
+        "flops_per_image": None,
+        "files": files,
+    }
+
+
+def request_to_dict(r: GenerationRequest) -> dict:
+    return asdict(r)

@@ -1,0 +1,94 @@
+"""The one interface every GPU backend implements (nvml, smi, dcgm, simulated, replay).
+
+Units are in every name. Queries a backend cannot answer return ``None`` rather than raise,
+so the monitor records what there is; control calls raise the project's own exceptions.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+GPUS_YAML = Path(__file__).resolve().parents[2] / "configs" / "gpus.yaml"
+SAMPLE_COLUMNS = ["mono_s", "power_w", "energy_mj", "sm_clock_mhz", "mem_clock_mhz", "gpu_util_pct",
+                  "mem_used_mib", "temp_c"]
+
+
+def load_gpu_specs() -> dict[str, dict]:
+    return yaml.safe_load(GPUS_YAML.read_text())
+
+
+@dataclass
+class GpuSample:
+    mono_s: float
+    power_w: float | None = None
+    energy_mj: float | None = None
+    sm_clock_mhz: float | None = None
+    mem_clock_mhz: float | None = None
+    gpu_util_pct: float | None = None
+    mem_used_mib: float | None = None
+    temp_c: float | None = None
+    extra: dict[str, float | None] = field(default_factory=dict)  # DCGM activity fields
+
+    def row(self) -> dict:
+        d = {c: getattr(self, c) for c in SAMPLE_COLUMNS}
+        d.update(self.extra)
+        return d
+
+
+class GpuBackend(ABC):
+    """One GPU seen through one measurement/control path."""
+
+    name: str = "base"
+    synthetic: bool = False  # True where numbers are modelled, not measured
+    replays: bool = False    # True where runs come from recordings instead of running the app
+
+    def __init__(self, index: int = 0):
+        self.index = index
+
+    # identity
+    @abstractmethod
+    def device_name(self) -> str: ...
+
+    @abstractmethod
+    def uuid(self) -> str: ...
+
+    def driver_version(self) -> str | None:
+        return None
+
+    # clocks
+    @abstractmethod
+    def supported_sm_clocks_mhz(self, mem_clock_mhz: int | None = None) -> list[int]:
+        """Supported SM clocks, highest first."""
+
+    def supported_mem_clocks_mhz(self) -> list[int]:
+        return []
+
+    @abstractmethod
+    def lock_sm_clock(self, mhz: int, mem_mhz: int | None = None) -> None: ...
+
+    @abstractmethod
+    def reset_clocks(self) -> None: ...
+
+    # measurements
+    @abstractmethod
+    def sample(self) -> GpuSample: ...
+
+    def energy_mj(self) -> float | None:
+        """The hardware energy counter in mJ (monotonic), or None where there is none."""
+        return None
+
+    def throttle_reasons(self) -> str:
+        return ""
+
+    def close(self) -> None:
+        """Release handles; clocks are restored by the ClockGuard, not here."""
+
+    # helpers shared by subclasses
+    @staticmethod
+    def now() -> float:
+        return time.monotonic()

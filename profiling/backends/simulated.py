@@ -1,0 +1,189 @@
+"""A documented model of a real GPU type, so the whole pipeline runs and means something with no GPU.
+
+What is real: the GPU type's supported clock list, memory clock, TDP and idle power
+(``configs/gpus.yaml``). What is modelled:
+
+* Power: ``P = idle_w + a * (mem_w + core_dynamic_w * x * v(x)^2)`` with ``x = f / f_max`` and
+  ``v(x) = max(v_min_frac, x)``: dynamic power ~ C V^2 f, the voltage following the clock down
+  to a floor and staying there. ``a`` is the activity of the app's current phase, read from
+  its phase-events file (a denoising step keeps the GPU busier than loading a model).
+* Time: the app stretches each denoising step by ``compute_bound_frac * (1/x - 1)`` of its
+  measured duration (``StepDilation``), so the compute-bound part scales with 1/f and the
+  rest does not, and the monitor sees the run take as long as it would at that clock.
+
+So energy has a real interior minimum, and a sweep's answer is reproducible. Clock state
+lives in a JSON file so it persists across processes, like a GPU's: a launcher killed with
+SIGKILL leaves the clock locked, exactly the case the lock record must repair.
+Every row it produces says ``backend=simulated``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ..errors import ClockError, GpuNotFoundError
+from .base import GpuBackend, GpuSample, load_gpu_specs
+
+STATE_ENV = "PROFILING_SIMULATED_STATE"
+STATE_DIR_ENV = "PROFILING_SIMULATED_DIR"
+
+# Activity of each app phase (fraction of full-load dynamic power).
+PHASE_ACTIVITY = {"denoise_step": 1.0, "text_encode": 0.55, "vae_decode": 0.8, "batch": 0.5, "warmup": 0.5,
+                  "load": 0.12, "save": 0.05}
+RUN_BASE_ACTIVITY = 0.05  # a process holding a CUDA context
+
+
+def state_path(gpu_type: str, index: int) -> Path:
+    root = Path(os.environ.get(STATE_DIR_ENV) or Path.home() / ".cache" / "sd-energy" / "simulated")
+    return root / f"{gpu_type.lower()}-{index}.json"
+
+
+def _read_state(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(path: Path, state: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, path)
+
+
+class SimulatedGpu(GpuBackend):
+    name = "simulated"
+    synthetic = True
+
+    def __init__(self, gpu_type: str = "H100", index: int = 0, state_file: Path | None = None):
+        super().__init__(index)
+        specs = load_gpu_specs()
+        if gpu_type not in specs:
+            raise GpuNotFoundError(f"unknown GPU type {gpu_type!r}; known: {', '.join(specs)}")
+        self.gpu_type = gpu_type
+        self.spec = specs[gpu_type]
+        self.model = self.spec["simulated"]
+        self.state_file = Path(state_file) if state_file else state_path(gpu_type, index)
+        self._energy_mj = 0.0
+        self._last_t: float | None = None
+        self._last_p: float | None = None
+        self._events_path: Path | None = None
+        self._events_pos = 0
+        self._open: dict[str, int] = {}
+        self._running = False
+
+    # identity
+    def device_name(self) -> str:
+        return f"{self.spec['name']} (simulated)"
+
+    def uuid(self) -> str:
+        return f"SIM-{self.gpu_type}-{self.index}"
+
+    def driver_version(self) -> str:
+        return "simulated"
+
+    # clocks
+    def supported_sm_clocks_mhz(self, mem_clock_mhz: int | None = None) -> list[int]:
+        return list(self.spec["sm_clocks_mhz"])
+
+    def supported_mem_clocks_mhz(self) -> list[int]:
+        return [self.spec["memory_clock_mhz"]]
+
+    def locked_sm_clock_mhz(self) -> int | None:
+        return _read_state(self.state_file).get("sm_clock_locked_mhz")
+
+    def current_sm_clock_mhz(self) -> int:
+        return self.locked_sm_clock_mhz() or self.spec["sm_clock_max_mhz"]
+
+    def lock_sm_clock(self, mhz: int, mem_mhz: int | None = None) -> None:
+        if mhz not in self.spec["sm_clocks_mhz"]:
+            raise ClockError(f"{mhz} MHz is not a supported SM clock of the simulated {self.gpu_type}")
+        _write_state(self.state_file, {**_read_state(self.state_file), "sm_clock_locked_mhz": int(mhz)})
+
+    def reset_clocks(self) -> None:
+        state = _read_state(self.state_file)
+        state.pop("sm_clock_locked_mhz", None)
+        _write_state(self.state_file, state)
+
+    # activity from the app's phase events
+    def attach_run(self, events_path: Path | None) -> None:
+        """Called by the monitor at the start (path) and end (None) of each app run."""
+        self._events_path = Path(events_path) if events_path else None
+        self._events_pos = 0
+        self._open = {}
+        self._running = events_path is not None
+
+    def _activity(self) -> float:
+        if not self._running:
+            return 0.0
+        if self._events_path is not None and self._events_path.exists():
+            with open(self._events_path) as fh:
+                fh.seek(self._events_pos)
+                chunk = fh.read()
+            complete = chunk[: chunk.rfind("\n") + 1]
+            self._events_pos += len(complete)
+            for line in complete.splitlines():
+                ev = json.loads(line)
+                delta = 1 if ev["event"] == "start" else -1
+                self._open[ev["phase"]] = max(0, self._open.get(ev["phase"], 0) + delta)
+        active = [PHASE_ACTIVITY.get(p, 0.0) for p, n in self._open.items() if n > 0]
+        return max(active, default=RUN_BASE_ACTIVITY)
+
+    def power_w(self, sm_clock_mhz: float, activity: float) -> float:
+        m = self.model
+        x = sm_clock_mhz / self.spec["sm_clock_max_mhz"]
+        v = max(m["v_min_frac"], x)
+        return m["idle_w"] + activity * (m["mem_w"] + m["core_dynamic_w"] * x * v * v)
+
+    def sample(self) -> GpuSample:
+        t = time.monotonic()
+        f = self.current_sm_clock_mhz()
+        a = self._activity()
+        p = self.power_w(f, a)
+        if self._last_t is not None:
+            self._energy_mj += (p + self._last_p) / 2 * (t - self._last_t) * 1000.0
+        self._last_t, self._last_p = t, p
+        return GpuSample(mono_s=t, power_w=p, energy_mj=self._energy_mj, sm_clock_mhz=f,
+                         mem_clock_mhz=self.spec["memory_clock_mhz"], gpu_util_pct=100.0 * min(1.0, a),
+                         mem_used_mib=2048.0 * (a > 0), temp_c=35 + 40 * p / self.spec["tdp_w"])
+
+    def energy_mj(self) -> float:
+        return self._energy_mj
+
+
+class StepDilation:
+    """Runs in the app after each denoising step: sleeps so the step lasts as long as at the locked clock.
+
+    The state file is re-read at most every 0.5 s, so the hot loop costs a clock read, not file I/O.
+    """
+
+    def __init__(self, state_file: Path, f_max_mhz: int, compute_bound_frac: float):
+        self.state_file = state_file
+        self.f_max = f_max_mhz
+        self.beta = compute_bound_frac
+        self._factor = 0.0
+        self._checked = 0.0
+
+    @classmethod
+    def from_env(cls) -> StepDilation:
+        path = Path(os.environ[STATE_ENV])
+        gpu_type = path.stem.rsplit("-", 1)[0].upper()
+        spec = load_gpu_specs()[gpu_type]
+        return cls(path, spec["sm_clock_max_mhz"], spec["simulated"]["compute_bound_frac"])
+
+    def _dilation(self) -> float:
+        now = time.perf_counter()
+        if now - self._checked > 0.5:
+            f = _read_state(self.state_file).get("sm_clock_locked_mhz") or self.f_max
+            self._factor = self.beta * (self.f_max / f - 1.0)
+            self._checked = now
+        return self._factor
+
+    def __call__(self, step_s: float) -> None:
+        extra = step_s * self._dilation()
+        if extra > 0:
+            time.sleep(extra)
