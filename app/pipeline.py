@@ -233,7 +233,7 @@ class Generator:
             now = rec.mark("end", "denoise_step", step=i, batch=batch_index)
             step_times.append(now - mark[0])
             mark[0] = now
-            if i + 1 < steps:
+            if i + 1 < getattr(pipe, "_num_timesteps", steps):  # PNDM/Heun run more calls than steps
                 rec.mark("start", "denoise_step", step=i + 1, batch=batch_index)
             return kwargs
 

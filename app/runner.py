@@ -205,7 +205,8 @@ def run_generation(req: GenerationRequest, log=print, reuse: bool = False) -> di
                 files.append(str(path))
     recorder.close()
 
-    metrics = build_metrics(r, variant, wl, results, batch_size, started, files)
+    metrics = build_metrics(r, variant, wl, results, batch_size, started, files,
+                            {k: recorder.totals_s[k] for k in ("warmup", "save") if k in recorder.totals_s})
     if r.save_images:
         outputs.write_json_atomic(out_dir / f"{r.output_prefix}generation_config.json",
                                   {"config": metrics["config"], "environment": metrics["environment"], "images": files})
@@ -224,10 +225,11 @@ def _stats(values: list[float]) -> dict:
 
 
 def build_metrics(r: GenerationRequest, variant: ModelVariant, wl, results, batch_size: int, started,
-                  files: list[str]) -> dict:
+                  files: list[str], outside_batches_s: dict[str, float]) -> dict:
+    """The app metrics JSON (see docs/ARCHITECTURE.md); phases cover measured batches plus load/warm-up/save."""
     n_images = sum(len(res.images) for res in results)
     total_s = sum(res.latency_s for res in results)
-    phases: dict[str, float] = {"load": wl.load_s}
+    phases: dict[str, float] = {"load": wl.load_s, **outside_batches_s}
     for res in results:
         for k, v in res.phases_s.items():
             phases[k] = phases.get(k, 0.0) + v

@@ -1,0 +1,200 @@
+"""``python -m power_modeling {features,fit,predict,select,report,merge} RESULTS... [--out DIR]``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+import numpy as np
+import pandas as pd
+
+from profiling.cli_support import UserError, run_cli
+
+from . import features as feat
+from .io import DataError, load_runs
+from .models import CrossWorkloadModel, FGCSModel, PhysicalModel, leave_one_workload_out, usable
+from .selection import OBJECTIVES, choose_all, evaluate_guided
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+
+
+def _common(f):
+    f = click.option("--out", "out", default=None, help="Output directory (default: print only).")(f)
+    f = click.option("--gpu", default=None, help="GPU type to use when the data mixes several.")(f)
+    f = click.argument("results", nargs=-1, required=True)(f)
+    return f
+
+
+def _objective(f):
+    f = click.option("--objective", default="edp", type=click.Choice(OBJECTIVES), show_default=True)(f)
+    f = click.option("--max-slowdown", default=0.05, type=float, show_default=True,
+                     help="Allowed slowdown vs the max clock (0.05 = 5 %); negative = no limit.")(f)
+    return f
+
+
+def _load(results, gpu, need_clocks: int = 0):
+    warnings.filterwarnings("ignore")
+    try:
+        runs = load_runs(list(results))
+        table = feat.feature_table(runs, gpu)
+        if need_clocks:
+            feat.check_fittable(table, need_clocks)
+    except DataError as exc:
+        opt = "--gpu" if str(exc).startswith("--gpu") or "--gpu" in str(exc) else "RESULTS"
+        raise UserError(opt, None, str(exc).removeprefix(f"--gpu {gpu}: ")) from None
+    return runs, table
+
+
+def _slowdown(v: float) -> float | None:
+    return None if v < 0 else v
+
+
+def _out(out: str | None) -> Path | None:
+    if out is None:
+        return None
+    p = Path(out)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError("--out", out, exc.strerror or "cannot create") from None
+    return p
+
+
+@click.group(context_settings=CONTEXT)
+def cli():
+    """From launcher results (or the reference V100 tables) to feature tables, models, optimal clocks and reports."""
+
+
+@cli.command()
+@_common
+def features(results, gpu, out):
+    """Per (workload, GPU, clock) table: mean, std, CV, count; noisy groups flagged."""
+    runs, table = _load(results, gpu)
+    cols = ["workload", "sm_clock_mhz", "n_runs", "time_s_mean", "time_s_cv", "power_w_mean", "energy_j_mean",
+            "energy_j_cv", "noisy"]
+    click.echo(table[cols].round(4).to_string(index=False))
+    if (o := _out(out)) is not None:
+        table.to_csv(o / "features.csv", index=False)
+        runs.to_csv(o / "runs_tidy.csv", index=False)
+        click.echo(f"wrote {o / 'features.csv'}")
+
+
+@cli.command()
+@_common
+@click.option("--model", "kind", default="physical", type=click.Choice(["physical", "cross", "fgcs"]), show_default=True)
+def fit(results, gpu, out, kind):
+    """Fit a model. physical: per workload; cross/fgcs: across workloads with leave-one-workload-out CV."""
+    runs, table = _load(results, gpu, need_clocks=3)
+    if kind == "physical":
+        rows = []
+        for wl, g in usable(table).groupby("workload"):
+            if g["sm_clock_mhz"].nunique() < 3:
+                continue
+            m = PhysicalModel().fit(g["sm_clock_mhz"], g["time_s_mean"], g["power_w_mean"])
+            t, p = m.predict(g["sm_clock_mhz"])
+            rows.append({"workload": wl, "time_a_s": m.coef_time_[0], "time_b_s_ghz": m.coef_time_[1],
+                         "power_c_w": m.coef_power_[0], "power_d": m.coef_power_[1], "power_e": m.coef_power_[2],
+                         "time_mape": float(np.mean(np.abs(t - g["time_s_mean"]) / g["time_s_mean"])),
+                         "power_mape": float(np.mean(np.abs(p - g["power_w_mean"]) / g["power_w_mean"]))})
+        result = pd.DataFrame(rows)
+    else:
+        if table["workload"].nunique() < 3:
+            raise UserError("--model", kind, f"needs at least 3 workloads for cross-validation, "
+                            f"the data has {table['workload'].nunique()}")
+        try:
+            result = leave_one_workload_out(table, CrossWorkloadModel if kind == "cross" else FGCSModel)
+        except DataError as exc:
+            raise UserError("--model", kind, str(exc)) from None
+        means = result[[c for c in result.columns if c.endswith(("_mape", "_r2"))]].mean()
+        click.echo("leave-one-workload-out: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+    click.echo(result.round(4).to_string(index=False))
+    if (o := _out(out)) is not None:
+        result.to_csv(o / f"fit_{kind}.csv", index=False)
+
+
+@cli.command()
+@_common
+@click.option("--clocks", required=True, help="Comma-separated SM clocks (MHz) to predict at.")
+def predict(results, gpu, out, clocks):
+    """Predict power, time and energy at given clocks (per-workload physical model, 90 % band)."""
+    try:
+        fs = [float(c) for c in clocks.split(",") if c.strip()]
+    except ValueError:
+        raise UserError("--clocks", clocks, "must be comma-separated MHz numbers") from None
+    runs, table = _load(results, gpu, need_clocks=3)
+    rows = []
+    for wl, g in usable(table).groupby("workload"):
+        if g["sm_clock_mhz"].nunique() < 3:
+            continue
+        m = PhysicalModel().fit(g["sm_clock_mhz"], g["time_s_mean"], g["power_w_mean"])
+        t, p = m.predict(fs)
+        band = m.predict_interval(fs)
+        for i, f in enumerate(fs):
+            rows.append({"workload": wl, "sm_clock_mhz": f, "time_s": t[i], "power_w": p[i], "energy_j": t[i] * p[i],
+                         "energy_j_p05": band["energy_j"][i, 0], "energy_j_p95": band["energy_j"][i, 1],
+                         "extrapolated": not (m.fmin_mhz_ <= f <= m.fmax_mhz_)})
+    result = pd.DataFrame(rows)
+    click.echo(result.round(3).to_string(index=False))
+    if (o := _out(out)) is not None:
+        result.to_csv(o / "predictions.csv", index=False)
+
+
+@cli.command()
+@_common
+@_objective
+@click.option("--guided", type=int, default=0, help="Also evaluate the guided choice with this many probe clocks.")
+def select(results, gpu, out, objective, max_slowdown, guided):
+    """The clock that minimises the objective within the slowdown budget, per workload."""
+    runs, table = _load(results, gpu, need_clocks=2)
+    choices = choose_all(table, objective, _slowdown(max_slowdown))
+    click.echo(choices.round(2).to_string(index=False))
+    if guided:
+        if guided < 2:
+            raise UserError("--guided", guided, "needs at least 2 probe clocks")
+        if table["workload"].nunique() < 3:
+            raise UserError("--guided", guided, "needs at least 3 workloads to train the cross-workload model")
+        reg = evaluate_guided(table, CrossWorkloadModel, objective, guided, _slowdown(max_slowdown))
+        click.echo(reg.round(2).to_string(index=False))
+        click.echo(f"guided ({guided} probes): mean regret {reg['regret_pct'].mean():.2f} %, "
+                   f"p90 {reg['regret_pct'].quantile(0.9):.2f} %")
+    if (o := _out(out)) is not None:
+        choices.to_csv(o / f"choices_{objective}.csv", index=False)
+
+
+@cli.command()
+@_common
+@_objective
+def report(results, gpu, out, objective, max_slowdown):
+    """HTML + Markdown report with plots and CSV tables."""
+    from .report import build_report
+
+    runs, table = _load(results, gpu, need_clocks=2)
+    out_dir = _out(out) or Path(results[0]) / "report"
+    files = build_report(runs, table, out_dir, objective, _slowdown(max_slowdown))
+    if runs["synthetic"].any():
+        click.echo("note: synthetic data (simulated GPU); the report says so on every page")
+    click.echo(f"report: {files['html']}")
+
+
+@cli.command()
+@_common
+def merge(results, gpu, out):
+    """One tidy runs table from many results directories (e.g. a SLURM array sweep)."""
+    runs, _ = _load(results, gpu)
+    click.echo(f"{len(runs)} runs from {runs['source'].nunique()} directories, "
+               f"{runs['sm_clock_mhz'].nunique()} clocks")
+    if (o := _out(out)) is not None:
+        runs.to_csv(o / "runs_merged.csv", index=False)
+        (o / "sources.json").write_text(json.dumps(sorted(runs["source"].unique()), indent=2))
+        click.echo(f"wrote {o / 'runs_merged.csv'}")
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_cli(cli, args, prog_name="python -m power_modeling")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Read what the launcher wrote (and the reference V100 format) into one tidy per-run table.
+
+The per-run table has one row per measured run with these columns, whatever the source:
+``source, workload, gpu, backend, synthetic, sm_clock_mhz, is_default_clock, run_index,
+time_s, power_w, energy_j, images, energy_per_image_j`` plus the app's config (``app_*``) and
+activity features (``sm_active, dram_active, fp_active, ...``) where the source has them.
+``time_s``/``energy_j`` are the steady-state work window (model load and warm-up excluded).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from profiling.backends.replay import ACTIVITY_COLUMNS, is_reference_csv, load_reference
+from profiling.results import DONE_STATUSES, RUNS_COLUMNS
+
+REQUIRED = ["run_id", "sm_clock_target_mhz", "status", "warmup", "work_s", "work_energy_j"]
+ACTIVITY = sorted(set(ACTIVITY_COLUMNS.values()))
+WORKLOAD_KEYS = ["app_model_variant", "app_weights", "app_steps", "app_height", "app_width", "app_batch_size",
+                 "app_scheduler", "app_dtype", "app_attention"]
+
+
+class DataError(ValueError):
+    """Input data that cannot be modelled; the message names the file and what is wrong."""
+
+
+def find_result_dirs(paths: list[str | Path]) -> list[Path]:
+    """Results directories under each path (a SLURM array writes one per task under a sweep dir)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise DataError(f"{p}: no such file or directory")
+        if p.is_file():
+            out.append(p)
+        elif (p / "runs.csv").exists():
+            out.append(p)
+        else:
+            found = sorted(q.parent for q in p.rglob("runs.csv"))
+            if not found:
+                raise DataError(f"{p}: no runs.csv in it or below it (is this a results directory?)")
+            out.extend(found)
+    return out
+
+
+def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per run_id: a finished row beats an interrupted one; the last finished row wins."""
+    df = df.assign(_done=df["status"].isin(DONE_STATUSES), _order=np.arange(len(df)))
+    df = df.sort_values(["run_id", "_done", "_order"]).groupby("run_id", as_index=False).tail(1)
+    return df.sort_values("_order").drop(columns=["_done", "_order"])
+
+
+def _activity_from_samples(result_dir: Path, run_ids: pd.Series) -> pd.DataFrame:
+    rows = []
+    for rid in run_ids:
+        path = result_dir / "samples" / f"{rid}.csv"
+        feats = {"run_id": rid}
+        if path.exists():
+            s = pd.read_csv(path)
+            work = s[s["phase"].isin(["denoise_step", "text_encode", "vae_decode", "batch"])] if "phase" in s else s
+            work = work if len(work) else s
+            for col in ACTIVITY:
+                if col in work and work[col].notna().any():
+                    feats[col] = float(work[col].mean())
+        rows.append(feats)
+    return pd.DataFrame(rows)
+
+
+def load_results_dir(path: Path) -> pd.DataFrame:
+    runs_path = path / "runs.csv"
+    text = runs_path.read_text()
+    from io import StringIO
+
+    df = pd.read_csv(StringIO(text[: text.rfind("\n") + 1]))
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise DataError(f"{runs_path}: missing column(s) {', '.join(missing)}")
+    manifest = {}
+    if (path / "manifest.json").exists():
+        manifest = json.loads((path / "manifest.json").read_text())
+    df = _dedupe(df)
+    df = df[(df["status"] == "ok") & (df["warmup"].astype(int) == 0)].copy()
+    if df.empty:
+        return df
+    act = _activity_from_samples(path, df["run_id"])
+    if len(act.columns) > 1:
+        df = df.merge(act, on="run_id", how="left")
+    default = df["sm_clock_target_mhz"].isna()
+    out = pd.DataFrame({
+        "source": str(path),
+        "run_id": df["run_id"].values,
+        "workload": _workload_names(df).values,
+        "gpu": df.get("gpu_type", pd.Series([manifest.get("gpu_type")] * len(df))).fillna("unknown").astype(str).values,
+        "gpu_name": df.get("gpu_name", "").values,
+        "backend": df.get("backend", manifest.get("backend", "unknown")).values,
+        "synthetic": bool(manifest.get("synthetic", (df.get("backend") == "simulated").any())),
+        "sm_clock_mhz": df["sm_clock_target_mhz"].fillna(df.get("sm_clock_mean_mhz")).values,
+        "is_default_clock": default.values,
+        "run_index": df["run_index"].values,
+        "time_s": df["work_s"].values,
+        "energy_j": df["work_energy_j"].values,
+        "images": df.get("images", pd.Series([np.nan] * len(df))).values,
+        "idle_power_w": df.get("idle_power_w", pd.Series([np.nan] * len(df))).values,
+        "flops_per_image": df.get("flops_per_image", pd.Series([np.nan] * len(df))).values,
+        "slurm_job": (manifest.get("slurm") or {}).get("SLURM_JOB_ID"),
+        "slurm_array_task": (manifest.get("slurm") or {}).get("SLURM_ARRAY_TASK_ID"),
+    })
+    out["power_w"] = out["energy_j"] / out["time_s"]
+    out["energy_per_image_j"] = out["energy_j"] / out["images"].where(out["images"] > 0)
+    for col in [c for c in RUNS_COLUMNS if c.startswith("app_")] + [c for c in ACTIVITY if c in df]:
+        out[col] = df[col].values if col in df else np.nan
+    return out
+
+
+def _workload_names(df: pd.DataFrame) -> pd.Series:
+    keys = [k for k in WORKLOAD_KEYS if k in df.columns and df[k].notna().any()]
+    if not keys:
+        return df.get("workload", pd.Series(["app"] * len(df), index=df.index)).astype(str)
+    base = df.get("workload", pd.Series(["app"] * len(df), index=df.index)).astype(str)
+    parts = df[keys].astype(str).apply(lambda r: "/".join(r.values), axis=1)
+    return base + ":" + parts
+
+
+def load_reference_csv(path: Path) -> pd.DataFrame:
+    ref = load_reference(path)
+    out = pd.DataFrame({
+        "source": str(path), "run_id": [f"{w}_{int(c)}" for w, c in zip(ref["workload"], ref["sm_clock_mhz"], strict=True)],
+        "workload": ref["workload"], "gpu": "V100", "gpu_name": "Tesla V100 (reference)", "backend": "reference",
+        "synthetic": False, "sm_clock_mhz": ref["sm_clock_mhz"].astype(float), "is_default_clock": False, "run_index": 0,
+        "time_s": ref["work_s"], "energy_j": ref["energy_j"], "images": np.nan, "idle_power_w": np.nan,
+        "flops_per_image": np.nan,
+    })
+    out["power_w"] = ref["avg_power_w"].values
+    out["energy_per_image_j"] = np.nan
+    for col in ACTIVITY:
+        if col in ref:
+            out[col] = ref[col].values
+    return out
+
+
+def load_runs(paths: list[str | Path]) -> pd.DataFrame:
+    """All measured runs under ``paths`` (results dirs, sweep dirs, reference CSVs) in one table."""
+    frames = []
+    for p in find_result_dirs(paths):
+        if p.is_file():
+            if p.suffix != ".csv" or not is_reference_csv(p):
+                raise DataError(f"{p}: not a results directory nor a reference CSV "
+                                "(needs sm_app_clock, application, power_usage, run_time)")
+            frames.append(load_reference_csv(p))
+        else:
+            frames.append(load_results_dir(p))
+    frames = [f for f in frames if not f.empty]
+    if not frames:
+        raise DataError(f"{', '.join(map(str, paths))}: no successful measured run (all failed, or only warm-up)")
+    df = pd.concat(frames, ignore_index=True)
+    bad = df[["time_s", "energy_j", "power_w"]].isna().any(axis=1) | (df["time_s"] <= 0)
+    if bad.all():
+        raise DataError("every run has missing (NaN) or zero time/energy values")
+    return df[~bad].reset_index(drop=True)

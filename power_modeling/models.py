@@ -1,0 +1,188 @@
+"""Power and run-time models over the SM clock, with the scikit-learn estimator API.
+
+All three predict power (W) and run time (s) of a workload at a clock. They differ in what
+they need to know about the workload:
+
+* ``FGCSModel``: the published baseline form, refit: ``ln P`` linear in FP activity, DRAM
+  activity and ``ln f``; run time relative to the max-clock run, ``ln(T/T_max)`` linear in
+  ``ln(f/f_max)`` and its products with the activities. Needs one run at the max clock.
+* ``PhysicalModel``: one workload, a few probe clocks: ``T = a + b/f`` (a fixed part plus a
+  compute-bound part that scales with 1/f), ``P = c + d f + e f^3`` (static plus dynamic power
+  rising super-linearly, as V rises with f). Non-negative coefficients; bootstrap uncertainty.
+* ``CrossWorkloadModel``: learned across workloads: gradient boosting on the activity and
+  power at the max clock plus ``f/f_max``, predicting ``P/P_max`` and ``T/T_max``, so a new
+  workload needs only its max-clock run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import nnls
+from sklearn.base import BaseEstimator
+from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor
+
+from .io import DataError
+
+
+def _require(table: pd.DataFrame, cols: list[str], model: str) -> None:
+    missing = [c for c in cols if c not in table or table[c].isna().all()]
+    if missing:
+        raise DataError(f"{model} needs column(s) {', '.join(missing)} (activity counters from a DCGM or reference source)")
+
+
+class FGCSModel(BaseEstimator):
+    """The FGCS-2023 form (log-linear in activity and log clock), refit on the data given to ``fit``."""
+
+    def __init__(self, fp_col: str = "fp_active_at_max", dram_col: str = "dram_active_at_max"):
+        self.fp_col = fp_col
+        self.dram_col = dram_col
+
+    def _x_power(self, t):
+        return np.c_[np.ones(len(t)), t[self.fp_col], t[self.dram_col], np.log(t["sm_clock_mhz"])]
+
+    def _x_time(self, t):
+        lf = np.log(t["f_rel"].values)
+        return np.c_[lf, lf * t[self.fp_col].values, lf * t[self.dram_col].values]
+
+    def fit(self, table: pd.DataFrame, y=None) -> FGCSModel:
+        _require(table, [self.fp_col, self.dram_col], "FGCSModel")
+        self.coef_power_ = np.linalg.lstsq(self._x_power(table), np.log(table["power_w_mean"]), rcond=None)[0]
+        self.coef_time_ = np.linalg.lstsq(self._x_time(table), np.log(table["time_s_rel"]), rcond=None)[0]
+        return self
+
+    def predict_power(self, table: pd.DataFrame) -> np.ndarray:
+        return np.exp(self._x_power(table) @ self.coef_power_)
+
+    def predict_time(self, table: pd.DataFrame) -> np.ndarray:
+        return table["time_s_at_max"].values * np.exp(self._x_time(table) @ self.coef_time_)
+
+
+class PhysicalModel(BaseEstimator):
+    """One workload from a few clocks: T = a + b/f, P = c + d f + e f^3 (coefficients >= 0)."""
+
+    def __init__(self, n_bootstrap: int = 200, random_state: int = 0):
+        self.n_bootstrap = n_bootstrap
+        self.random_state = random_state
+
+    @staticmethod
+    def _basis(f_ghz: np.ndarray):
+        return np.c_[np.ones_like(f_ghz), 1.0 / f_ghz], np.c_[np.ones_like(f_ghz), f_ghz, f_ghz**3]
+
+    @classmethod
+    def _solve(cls, f_ghz, t, p):
+        bt, bp = cls._basis(f_ghz)
+        return nnls(bt, t)[0], nnls(bp, p)[0]
+
+    def fit(self, clocks_mhz, time_s, power_w) -> PhysicalModel:
+        f = np.asarray(clocks_mhz, dtype=float) / 1000.0
+        t, p = np.asarray(time_s, dtype=float), np.asarray(power_w, dtype=float)
+        if len(np.unique(f)) < 3:
+            raise DataError(f"PhysicalModel needs at least 3 distinct clocks, got {len(np.unique(f))}")
+        self.coef_time_, self.coef_power_ = self._solve(f, t, p)
+        rng = np.random.default_rng(self.random_state)
+        boots = []
+        for _ in range(self.n_bootstrap):
+            idx = rng.integers(0, len(f), len(f))
+            if len(np.unique(f[idx])) >= 3:
+                boots.append(np.r_[self._solve(f[idx], t[idx], p[idx])])
+        self.bootstrap_coefs_ = np.array(boots) if boots else np.empty((0, 5))
+        self.fmin_mhz_, self.fmax_mhz_ = float(f.min() * 1000), float(f.max() * 1000)
+        return self
+
+    def predict(self, clocks_mhz) -> tuple[np.ndarray, np.ndarray]:
+        bt, bp = self._basis(np.asarray(clocks_mhz, dtype=float) / 1000.0)
+        return bt @ self.coef_time_, bp @ self.coef_power_
+
+    def predict_interval(self, clocks_mhz, q=(0.05, 0.95)) -> dict[str, np.ndarray]:
+        """Bootstrap percentile band of time, power and energy at each clock."""
+        bt, bp = self._basis(np.asarray(clocks_mhz, dtype=float) / 1000.0)
+        if not len(self.bootstrap_coefs_):
+            t, p = self.predict(clocks_mhz)
+            return {"time_s": np.c_[t, t], "power_w": np.c_[p, p], "energy_j": np.c_[t * p, t * p]}
+        ts = self.bootstrap_coefs_[:, :2] @ bt.T
+        ps = self.bootstrap_coefs_[:, 2:] @ bp.T
+        return {k: np.quantile(v, q, axis=0).T for k, v in (("time_s", ts), ("power_w", ps), ("energy_j", ts * ps))}
+
+
+class CrossWorkloadModel(BaseEstimator):
+    """Gradient boosting across workloads: P/P_max and T/T_max from max-clock activity and f/f_max.
+
+    An average of two boosted models (classic, and histogram-based with the physics as
+    monotone constraints: power rises and time falls with the clock); their errors differ,
+    so the mean is steadier on an unseen workload than either.
+    """
+
+    def __init__(self, n_estimators: int = 300, learning_rate: float = 0.05, random_state: int = 0):
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.random_state = random_state
+
+    def _features(self, table: pd.DataFrame) -> pd.DataFrame:
+        return table[self.feature_names_]
+
+    def fit(self, table: pd.DataFrame, y=None) -> CrossWorkloadModel:
+        acts = sorted(c for c in table.columns if c.endswith("_at_max") and c not in ("power_w_at_max", "time_s_at_max")
+                      and table[c].notna().any())
+        self.feature_names_ = ["f_rel", *acts, "power_w_at_max"]
+        X = self._features(table)
+        self.models_ = {}
+        for target, sign in (("power_w_rel", 1), ("time_s_rel", -1)):
+            y_log = np.log(table[target].values)
+            gbr = GradientBoostingRegressor(n_estimators=self.n_estimators, max_depth=3, learning_rate=self.learning_rate,
+                                            subsample=0.8, random_state=self.random_state).fit(X, y_log)
+            hgb = HistGradientBoostingRegressor(max_iter=self.n_estimators, learning_rate=self.learning_rate, max_depth=4,
+                                                min_samples_leaf=10, random_state=self.random_state,
+                                                monotonic_cst=[sign] + [0] * (X.shape[1] - 1)).fit(X, y_log)
+            self.models_[target] = (gbr, hgb)
+        return self
+
+    def _predict_rel(self, table: pd.DataFrame, target: str) -> np.ndarray:
+        X = self._features(table)
+        return np.exp(np.mean([m.predict(X) for m in self.models_[target]], axis=0))
+
+    def predict_power(self, table: pd.DataFrame) -> np.ndarray:
+        return table["power_w_at_max"].values * self._predict_rel(table, "power_w_rel")
+
+    def predict_time(self, table: pd.DataFrame) -> np.ndarray:
+        return table["time_s_at_max"].values * self._predict_rel(table, "time_s_rel")
+
+
+def usable(table: pd.DataFrame) -> pd.DataFrame:
+    """Locked-clock rows that are not flagged outliers: what models fit and are scored on."""
+    keep = ~table["is_default_clock"].astype(bool)
+    if "outlier" in table:
+        keep &= ~table["outlier"].astype(bool)
+    return table[keep]
+
+
+def mape(pred, true) -> float:
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    return float(np.mean(np.abs(pred - true) / np.abs(true)))
+
+
+def rmse(pred, true) -> float:
+    return float(np.sqrt(np.mean((np.asarray(pred, float) - np.asarray(true, float)) ** 2)))
+
+
+def r2(pred, true) -> float:
+    true = np.asarray(true, float)
+    ss = np.sum((true - true.mean()) ** 2)
+    return float(1 - np.sum((np.asarray(pred, float) - true) ** 2) / ss) if ss else float("nan")
+
+
+def leave_one_workload_out(table: pd.DataFrame, make_model) -> pd.DataFrame:
+    """Fit on all workloads but one, predict the held-out one at every clock; one row per workload."""
+    locked = usable(table)
+    rows = []
+    for wl in sorted(locked["workload"].unique()):
+        train, test = locked[locked["workload"] != wl], locked[locked["workload"] == wl]
+        model = make_model().fit(train)
+        p, t = model.predict_power(test), model.predict_time(test)
+        e_true = test["power_w_mean"].values * test["time_s_mean"].values
+        row = {"workload": wl, "n_clocks": len(test)}
+        for name, pred, true in (("power", p, test["power_w_mean"]), ("time", t, test["time_s_mean"]),
+                                 ("energy", p * t, e_true)):
+            row.update({f"{name}_mape": mape(pred, true), f"{name}_rmse": rmse(pred, true), f"{name}_r2": r2(pred, true)})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,45 @@
+"""Shared fixtures: an isolated cache, simulated-GPU state and lock directory per test session/test."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE = REPO.parent / "shared" / "data" / "reference"
+SMI_CAPTURES = REPO.parent / "shared" / "data" / "nvidia-smi"
+PY = sys.executable
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_env(tmp_path_factory):
+    """Tiny weights are built once per session into a private cache; nothing touches the user's ~/.cache."""
+    cache = tmp_path_factory.mktemp("sd-cache")
+    os.environ["SD_ENERGY_CACHE"] = os.environ.get("SD_ENERGY_TEST_CACHE", str(cache))
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["PROFILING_FORCE_SIMULATED"] = "1"
+    os.environ.setdefault("PYTHONPATH", str(REPO))
+    yield
+
+
+@pytest.fixture(autouse=True)
+def gpu_state(tmp_path, monkeypatch):
+    """Each test gets its own simulated-GPU state and lock records (like its own GPU)."""
+    monkeypatch.setenv("PROFILING_SIMULATED_DIR", str(tmp_path / "simgpu"))
+    monkeypatch.setenv("PROFILING_LOCK_DIR", str(tmp_path / "locks"))
+    return tmp_path
+
+
+def run_py(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path | None = None):
+    """Run ``python ARGS`` as a user would; returns CompletedProcess with text output."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([PY, *args], capture_output=True, text=True, timeout=timeout, env=full_env,
+                          cwd=cwd or REPO)
+
+
+def requires_reference():
+    return pytest.mark.skipif(not REFERENCE.exists(), reason=f"reference data not found at {REFERENCE}")
