@@ -175,11 +175,14 @@ class Sweep:
             if attach:
                 attach(res.file("events", rid))
             t_start = time.monotonic()
-            proc = subprocess.Popen(self.command, stdout=out, stderr=err, env=self._env(rid, clock),
-                                    start_new_session=True, cwd=self.opts.get("app_cwd") or None)
-            status, code, stopped_by = "ok", None, None
+            status, code, stopped_by, proc = "ok", None, None, None
             try:
+                proc = subprocess.Popen(self.command, stdout=out, stderr=err, env=self._env(rid, clock),
+                                        start_new_session=True)
                 code = proc.wait(timeout=self.opts["timeout"])
+            except OSError as exc:  # the program could not start: a failed run, the sweep goes on
+                status = "failed"
+                err.write(f"cannot start {self.command[0]}: {exc}\n")
             except subprocess.TimeoutExpired:
                 status = "timeout"
                 _kill_group(proc)
@@ -192,9 +195,9 @@ class Sweep:
                     attach(None)
                 samples = monitor.stop()
         if stopped_by is not None:
-            self._write_run(rid, clock, status, proc.returncode, t_start, t_end, samples)
+            self._write_run(rid, clock, status, proc.returncode if proc else None, t_start, t_end, samples)
             raise stopped_by
-        if status == "ok" and code != 0:
+        if status == "ok" and code not in (0, None):
             text = res.log(rid, "err").read_text(errors="replace")[-20000:]
             if "OutOfMemoryError" in text or "out of memory" in text.lower():
                 status = "oom"
@@ -412,11 +415,14 @@ def _check_options(o: dict) -> None:
     if exe.suffix != ".py" and not os.access(exe, os.X_OK):
         raise UserError("--app-executable", o["app_executable"], "not executable (chmod +x, or give a .py file)")
     app_command(o["app_executable"], o["app_params"])  # fails early on unbalanced quotes
-    if o["output_dir"]:
-        out = Path(o["output_dir"]).resolve()
-        probe = out if out.exists() else next(p for p in out.parents if p.exists())
-        if not os.access(probe, os.W_OK):
-            raise UserError("--output-dir", o["output_dir"], "not writable")
+    if o["output_dir"] and not o["dry_run"]:
+        try:
+            Path(o["output_dir"]).mkdir(parents=True, exist_ok=True)
+            probe = Path(o["output_dir"]) / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as exc:
+            raise UserError("--output-dir", o["output_dir"], f"not writable ({exc.strerror})") from None
 
 
 def _all_gpus(o: dict) -> int:

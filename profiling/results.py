@@ -101,11 +101,12 @@ class ResultsDir:
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerow(["" if row.get(c) is None else row.get(c) for c in RUNS_COLUMNS])
         data = buf.getvalue().encode()
+        content = self.runs_csv.read_bytes()
+        if content and not content.endswith(b"\n"):
+            # A crash mid-write left a torn last line: cut it off (one launcher writes a results dir).
+            os.truncate(self.runs_csv, content.rfind(b"\n") + 1)
         fd = os.open(self.runs_csv, os.O_WRONLY | os.O_APPEND)
         try:
-            # A line left unterminated by a crash would glue onto ours: start on a fresh line.
-            if os.fstat(fd).st_size and not self.runs_csv.read_bytes().endswith(b"\n"):
-                data = b"\n" + data
             os.write(fd, data)
             os.fsync(fd)
         finally:
