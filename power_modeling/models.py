@@ -171,13 +171,26 @@ def r2(pred, true) -> float:
     return float(1 - np.sum((np.asarray(pred, float) - true) ** 2) / ss) if ss else float("nan")
 
 
-def leave_one_workload_out(table: pd.DataFrame, make_model) -> pd.DataFrame:
-    """Fit on all workloads but one, predict the held-out one at every clock; one row per workload."""
+def fit_held_out(locked: pd.DataFrame, make_model, workload: str, fitted: dict | None = None):
+    """The model fitted on every workload except ``workload`` (cached in ``fitted`` when given)."""
+    if fitted is not None and workload in fitted:
+        return fitted[workload]
+    model = make_model().fit(locked[locked["workload"] != workload])
+    if fitted is not None:
+        fitted[workload] = model
+    return model
+
+
+def leave_one_workload_out(table: pd.DataFrame, make_model, fitted: dict | None = None) -> pd.DataFrame:
+    """Fit on all workloads but one, predict the held-out one at every clock; one row per workload.
+
+    ``fitted``: a dict to reuse/keep the per-fold models (``evaluate_guided`` needs the same ones).
+    """
     locked = usable(table)
     rows = []
     for wl in sorted(locked["workload"].unique()):
-        train, test = locked[locked["workload"] != wl], locked[locked["workload"] == wl]
-        model = make_model().fit(train)
+        test = locked[locked["workload"] == wl]
+        model = fit_held_out(locked, make_model, wl, fitted)
         p, t = model.predict_power(test), model.predict_time(test)
         e_true = test["power_w_mean"].values * test["time_s_mean"].values
         row = {"workload": wl, "n_clocks": len(test)}

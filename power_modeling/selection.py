@@ -133,15 +133,19 @@ def guided_choice(measure, clocks: list[int], cross_model, objective: str = "edp
 
 
 def evaluate_guided(table: pd.DataFrame, make_cross_model, objective: str = "edp", k: int = 4,
-                    max_slowdown: float | None = None) -> pd.DataFrame:
-    """Leave-one-workload-out regret of the guided choice against the best measured clock."""
-    from .models import usable
+                    max_slowdown: float | None = None, fitted: dict | None = None) -> pd.DataFrame:
+    """Leave-one-workload-out regret of the guided choice against the best measured clock.
+
+    Outlier rows (``features.flag_outliers``) are left out of the truth as of the fits, so a
+    counter glitch at one clock cannot pose as the optimum.
+    """
+    from .models import fit_held_out, usable
 
     locked = usable(table)
     rows = []
     for wl in sorted(locked["workload"].unique()):
         test = locked[locked["workload"] == wl].set_index("sm_clock_mhz", drop=False)
-        model = make_cross_model().fit(locked[locked["workload"] != wl])
+        model = fit_held_out(locked, make_cross_model, wl, fitted)
         g = guided_choice(lambda f, test=test: test.loc[f], list(test.index), model, objective, k, max_slowdown)
         true = objective_value(test["energy_j_mean"], test["time_s_mean"], objective)
         if max_slowdown is not None:

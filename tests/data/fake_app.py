@@ -33,10 +33,17 @@ if mode == "oom":
 event("start", "load")
 time.sleep(0.05)
 event("end", "load")
+dilate = None
+if os.environ.get("PROFILING_SIMULATED_STATE"):  # behave like the real app on the simulated GPU
+    from profiling.backends.simulated import StepDilation
+
+    dilate = StepDilation.from_env()
 event("start", "batch", batch=0)
 for i in range(3):
     event("start", "denoise_step", step=i, batch=0)
     time.sleep(seconds / 3)
+    if dilate:
+        dilate(seconds / 3)
     event("end", "denoise_step", step=i, batch=0)
 event("end", "batch", batch=0)
 if os.environ.get("PROFILING_METRICS_FILE"):
