@@ -92,8 +92,14 @@ class ClockGuard:
         self.record = _record_path(backend)
         self.locked_mhz: int | None = None
         self._old_handlers: dict = {}
+        self._stopping = False
 
     def _on_signal(self, signum, frame):
+        # One stop is enough: SLURM may signal the whole process tree and the job script forwards
+        # the same signal, and a second raise must not cut the restore that the first one started.
+        if self._stopping:
+            return
+        self._stopping = True
         raise Interrupted(signum)
 
     def __enter__(self) -> ClockGuard:

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -93,6 +94,23 @@ def select_clocks(mode: str, supported: list[int], custom: str | None, fmin: int
             picked.append(best)
         target -= step
     return sorted(picked, reverse=True)
+
+
+def slice_clocks(clocks: list, spec: str | None) -> list:
+    """``K/N``: the K-th of N contiguous, near-equal slices (the union of all K is the whole list)."""
+    if not spec:
+        return clocks
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        raise UserError("--clock-slice", spec, "must be K/N with 0 <= K < N, e.g. 0/4") from None
+    if n > len(clocks):
+        raise UserError("--clock-slice", spec, f"more slices than clocks ({len(clocks)})")
+    base, extra = divmod(len(clocks), n)
+    start = k * base + min(k, extra)
+    return clocks[start:start + base + (k < extra)]
 
 
 def gpu_index_from_env() -> int | None:
@@ -370,6 +388,8 @@ def _fmt(v, unit: str) -> str:
 @click.option("--resume", is_flag=True, help="Continue the newest results directory of this same sweep.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (clocks, runs, estimated time) and exit.")
 @click.option("--reset-clocks", is_flag=True, help="Reset clocks (and any left locked by a killed sweep), then exit.")
+@click.option("--clock-slice", default=None, help="K/N: run only the K-th of N contiguous slices of the clock list "
+              "(one SLURM array task each; K from 0).")
 @click.option("--replay-source", default=None, help="replay: reference CSV or a results directory.")
 @click.option("--replay-app", default=None, help="replay: application name in a reference CSV.")
 def cli(**o):
@@ -459,6 +479,20 @@ def _argv_without(*flags: str) -> list[str]:
     return out
 
 
+def slurm_info() -> dict:
+    """SLURM variables, plus what the scheduler granted (``scontrol show job``): command-line sbatch
+    options override the script's #SBATCH lines, so only the scheduler knows what was used."""
+    info: dict = {k: os.environ[k] for k in SLURM_VARS if k in os.environ}
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=10)
+            info["granted"] = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return info
+
+
 def _stamp() -> str:
     return datetime.now().strftime("%Y%m%d-%H%M%S")
 
@@ -476,6 +510,7 @@ def _run(o: dict, backend: GpuBackend) -> int:
                         o["memory_frequency"] or backend.name, str(exc)) from None
     clocks = select_clocks(o["profiling_mode"], supported, o["custom_frequencies"], o["min_frequency"],
                            o["max_frequency"], o["frequency_step"])
+    clocks = slice_clocks(clocks, o["clock_slice"])
     plan = SweepPlan(clocks, o["num_runs"], o["warmup_runs"])
     command = [] if backend.replays else app_command(o["app_executable"], o["app_params"])
     sweep_def = {"app": command, "mode": o["profiling_mode"], "clocks": clocks, "num_runs": o["num_runs"],
@@ -498,7 +533,7 @@ def _run(o: dict, backend: GpuBackend) -> int:
         "sampling_interval_ms": o["sampling_interval"], "app_name": o["app_name"], "app_command": command,
         "versions": _versions(), "git_commit": _git_commit(), "config_hash": chash, "sweep": sweep_def,
         "host": socket.gethostname(), "start_utc": old.get("start_utc") or datetime.now(timezone.utc).isoformat(),
-        "end_utc": None, "slurm": {k: os.environ[k] for k in SLURM_VARS if k in os.environ},
+        "end_utc": None, "slurm": slurm_info(),
         "launches": [*old.get("launches", []), {"start_utc": datetime.now(timezone.utc).isoformat(),
                                                 "argv": sys.argv[1:], "slurm_job": os.environ.get("SLURM_JOB_ID")}],
     }
