@@ -14,7 +14,14 @@ from profiling.cli_support import UserError
 
 from . import outputs, schedulers, weights
 from .models import ModelVariant, UnknownVariantError, custom_variant, get_variant
-from .pipeline import ExecutionOptions, Generator, backoff_batches, environment_info, load_workload, peak_memory_mib
+from .pipeline import (
+    ExecutionOptions,
+    Generator,
+    backoff_batches,
+    environment_info,
+    load_workload,
+    peak_memory_mib,
+)
 from .timing import PhaseRecorder
 
 ICON_PREFIX = ("flat vector icon, minimal, solid shapes, no gradients, no shading, no texture, white background, "

@@ -49,7 +49,7 @@ SCHEDULERS: dict[str, SchedulerSpec] = {s.name: s for s in _SPECS}
 
 
 class SchedulerError(ValueError):
-    pass
+    """A scheduler name that is unknown or does not fit the model family; the message lists the fitting ones."""
 
 
 def get_spec(name: str) -> SchedulerSpec:

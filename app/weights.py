@@ -82,7 +82,7 @@ def load_pretrained(variant: ModelVariant, dtype: torch.dtype, allow_pickle: boo
         if variant.unet_override:
             kwargs["unet"] = _load_unet_override(variant, dtype, steps)
         return cls.from_pretrained(variant.hub_id, **kwargs)
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         raise WeightsError(
             f"cannot load {variant.hub_id!r} ({str(exc).splitlines()[0][:160]}); "
             "pass a local directory with --custom-model PATH, or use --weights random (full-size, no download) "

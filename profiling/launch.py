@@ -8,6 +8,7 @@ the same command again continues the sweep: only runs without a row are done.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -333,10 +334,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=5)
     except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
 
 
@@ -485,11 +484,9 @@ def slurm_info() -> dict:
     info: dict = {k: os.environ[k] for k in SLURM_VARS if k in os.environ}
     job = os.environ.get("SLURM_JOB_ID")
     if job and shutil.which("scontrol"):
-        try:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=10)
             info["granted"] = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
-        except (OSError, subprocess.SubprocessError):
-            pass
     return info
 
 

@@ -116,7 +116,7 @@ def test_phase_events_file(tmp_path, monkeypatch):
     phases = {(e["phase"], e["event"]) for e in lines}
     assert {("text_encode", "start"), ("vae_decode", "end"), ("denoise_step", "end"), ("save", "end")} <= phases
     assert sum(1 for e in lines if e["phase"] == "denoise_step" and e["event"] == "end") == 3
-    assert all(b["mono_s"] >= a["mono_s"] for a, b in zip(lines, lines[1:]))
+    assert all(b["mono_s"] >= a["mono_s"] for a, b in zip(lines, lines[1:], strict=False))
 
 
 def test_style_prefix_reaches_the_prompt(tmp_path):

@@ -12,8 +12,16 @@ import pandas as pd
 import pytest
 from conftest import REFERENCE, REPO, requires_reference, run_py
 
-from power_modeling import (CrossWorkloadModel, FGCSModel, PhysicalModel, choose_clock, evaluate_guided,
-                            feature_table, leave_one_workload_out, load_runs)
+from power_modeling import (
+    CrossWorkloadModel,
+    FGCSModel,
+    PhysicalModel,
+    choose_clock,
+    evaluate_guided,
+    feature_table,
+    leave_one_workload_out,
+    load_runs,
+)
 from power_modeling.io import DataError
 
 FAKE = str(REPO / "tests" / "data" / "fake_app.py")

@@ -85,7 +85,7 @@ class GpuBackend(ABC):
     def throttle_reasons(self) -> str:
         return ""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release handles; clocks are restored by the ClockGuard, not here."""
 
     # helpers shared by subclasses

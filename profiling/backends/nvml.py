@@ -8,6 +8,8 @@ where that is not supported, application clocks are the fallback.
 
 from __future__ import annotations
 
+import contextlib
+
 from ..errors import ClockError, GpuError, GpuNotFoundError, GpuNotSupportedError, GpuPermissionError
 from .base import GpuBackend, GpuSample
 
@@ -137,7 +139,5 @@ class NvmlGpu(GpuBackend):
         )
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(self.nv.NVMLError):
             self.nv.nvmlShutdown()
-        except self.nv.NVMLError:
-            pass
