@@ -23,7 +23,6 @@ demo: venv
 	rm -rf $(DEMO_DIR)
 	sample-collection-scripts/launch.sh --config configs/experiments/demo.yaml --output-dir $(DEMO_DIR)
 	$(BIN)/python -m power_modeling report $(DEMO_DIR) --out $(DEMO_DIR)/report
-	@echo "report: $(DEMO_DIR)/report/report.html"
 
 test: venv
 	@bash slurm/local/test-with-cluster.sh $(BIN)/python -m pytest -q -p no:cacheprovider tests
