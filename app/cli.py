@@ -100,6 +100,8 @@ def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
 @click.option("--benchmark-runs", type=int, default=3, show_default=True, help="Repeats per case (mean/std/CV).")
 @click.option("--scheduler-comparison", is_flag=True, help="Every scheduler that fits the model, same seed.")
 @click.option("--multi-resolution", is_flag=True, help="0.5x to 1.25x the native size.")
+@click.option("--profile-compute", is_flag=True,
+              help="Print FLOPs and parameters per component for the variant at --height/--width/--steps, and exit.")
 @click.option("--list-variants", is_flag=True)
 @click.option("--list-schedulers", is_flag=True)
 @click.option("-q", "--quiet", is_flag=True)
@@ -109,9 +111,8 @@ def cli(**o):
         return _list_variants()
     if o["list_schedulers"]:
         return _list_schedulers()
-    for opt in ("benchmark_runs",):
-        if o[opt] < 1:
-            raise UserError("--benchmark-runs", o[opt], "must be at least 1")
+    if o["benchmark_runs"] < 1:
+        raise UserError("--benchmark-runs", o["benchmark_runs"], "must be at least 1")
     req = GenerationRequest(
         model_variant=o["model_variant"], custom_model=o["custom_model"], model_family=o["model_family"],
         weights=o["weights"], allow_pickle=o["allow_pickle"], scheduler=o["scheduler"],
@@ -129,7 +130,18 @@ def cli(**o):
     from . import suites
     from .runner import check_inputs, run_generation
 
-    check_inputs(req)
+    resolved, variant = check_inputs(req)
+    if o["profile_compute"]:
+        from .flops import variant_table
+
+        rows = variant_table(variant, resolved.height, resolved.width, resolved.steps, resolved.guidance_scale)
+        for r in rows:
+            log(f"{r['component']:<15} params {r['params'] / 1e6:9.1f} M  {r['flops_per_call'] / 1e12:9.4f} TFLOPs/call "
+                f"({r['attention_flops_per_call'] / 1e12:.4f} attention) x {r['calls_per_image']:g} = "
+                f"{r['flops_per_image'] / 1e12:.4f} TFLOPs/image")
+        log(f"{variant.key} {resolved.height}x{resolved.width}, {resolved.steps} steps, guidance "
+            f"{resolved.guidance_scale}: {sum(r['flops_per_image'] for r in rows) / 1e12:.3f} TFLOPs per image")
+        return 0
     out = Path(o["output_dir"])
     if o["benchmark"] or o["scheduler_comparison"] or o["multi_resolution"]:
         if o["benchmark"]:

@@ -214,6 +214,13 @@ def run_generation(req: GenerationRequest, log=print, reuse: bool = False) -> di
 
     metrics = build_metrics(r, variant, wl, results, batch_size, started, files,
                             {k: recorder.totals_s[k] for k in ("warmup", "save") if k in recorder.totals_s})
+    from .flops import flops_per_image, pipeline_configs
+
+    # Counted on the meta device from the loaded components' configs (after timing; cached on disk).
+    metrics["flops_per_image"] = flops_per_image(pipeline_configs(wl.pipe), variant.family, r.height, r.width,
+                                                 r.steps, r.guidance_scale)
+    if metrics["flops_per_image"] and metrics["generation_s"]:
+        metrics["achieved_tflops"] = metrics["flops_per_image"] * metrics["images"] / metrics["generation_s"] / 1e12
     if r.save_images:
         outputs.write_json_atomic(out_dir / f"{r.output_prefix}generation_config.json",
                                   {"config": metrics["config"], "environment": metrics["environment"], "images": files})

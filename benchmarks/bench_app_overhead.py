@@ -58,6 +58,7 @@ def main() -> None:
         return time.perf_counter() - t0
 
     wrapped = (pipe.encode_prompt, pipe.vae.decode)
+
     def unwrap():
         pipe.encode_prompt = type(pipe).encode_prompt.__get__(pipe)
         pipe.vae.decode = type(pipe.vae).decode.__get__(pipe.vae)
@@ -65,7 +66,10 @@ def main() -> None:
     def rewrap():
         pipe.encode_prompt, pipe.vae.decode = wrapped
 
-    unwrap(); plain(); rewrap(); app()  # warm-up both paths
+    unwrap()  # warm-up both paths
+    plain()
+    rewrap()
+    app()
     t_plain, t_app = [], []
     for _ in range(args.repeats):
         unwrap()

@@ -17,8 +17,14 @@ def main() -> None:
     ap.add_argument("--probes", type=int, default=4)
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    from power_modeling import (CrossWorkloadModel, FGCSModel, evaluate_guided, feature_table, leave_one_workload_out,
-                                load_runs)
+    from power_modeling import (
+        CrossWorkloadModel,
+        FGCSModel,
+        evaluate_guided,
+        feature_table,
+        leave_one_workload_out,
+        load_runs,
+    )
 
     ref = Path(args.reference)
     table = feature_table(load_runs([ref / "v100_spec_21apps_dvfs.csv", ref / "v100_hpc_3apps_dvfs.csv"]))

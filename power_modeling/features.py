@@ -19,6 +19,9 @@ def feature_table(runs: pd.DataFrame, gpu: str | None = None) -> pd.DataFrame:
     for m in METRICS:
         agg.update({f"{m}_mean": (m, "mean"), f"{m}_std": (m, "std"), })
     agg["n_runs"] = ("time_s", "size")
+    for col in ("achieved_tflops", "mfu"):
+        if col in runs:
+            agg[col] = (col, "mean")
     for col in [c for c in ACTIVITY if c in runs]:
         agg[col] = (col, "mean")
     for col in [c for c in runs.columns if c.startswith("app_")] + ["is_default_clock", "synthetic", "backend",

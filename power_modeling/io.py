@@ -112,7 +112,20 @@ def load_results_dir(path: Path) -> pd.DataFrame:
     out["energy_per_image_j"] = out["energy_j"] / out["images"].where(out["images"] > 0)
     for col in [c for c in RUNS_COLUMNS if c.startswith("app_")] + [c for c in ACTIVITY if c in df]:
         out[col] = df[col].values if col in df else np.nan
+    add_utilisation(out)
     return out
+
+
+def add_utilisation(runs: pd.DataFrame) -> None:
+    """Achieved TFLOP/s and model FLOP utilisation against the GPU type's dense peak (configs/gpus.yaml)."""
+    from profiling.backends.base import load_gpu_specs
+
+    specs = load_gpu_specs()
+    runs["achieved_tflops"] = runs["flops_per_image"] * runs["images"] / runs["time_s"] / 1e12
+    dtype = runs["app_dtype"] if "app_dtype" in runs else pd.Series(["bf16"] * len(runs), index=runs.index)
+    peaks = [(specs.get(g, {}).get("peak_tflops") or {}).get(str(d) if str(d) in ("fp16", "bf16", "fp32") else "bf16")
+             for g, d in zip(runs["gpu"], dtype, strict=True)]
+    runs["mfu"] = runs["achieved_tflops"] / pd.Series(peaks, index=runs.index, dtype=float)
 
 
 def _workload_names(df: pd.DataFrame) -> pd.Series:
