@@ -100,6 +100,17 @@ def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
 @click.option("--benchmark-runs", type=int, default=3, show_default=True, help="Repeats per case (mean/std/CV).")
 @click.option("--scheduler-comparison", is_flag=True, help="Every scheduler that fits the model, same seed.")
 @click.option("--multi-resolution", is_flag=True, help="0.5x to 1.25x the native size.")
+@click.option("--compare-models", default=None, help="Comma-separated variants: same prompts and seeds, one after another.")
+@click.option("--keep-loaded", is_flag=True, help="Compare in dev mode: keep every model resident.")
+@click.option("--quick", is_flag=True, help="Icon benchmark: one model, two prompts.")
+@click.option("--harness", is_flag=True, help="Throughput/latency harness on this pipeline (or --url) at --concurrency levels.")
+@click.option("--concurrency", default="1,2,4", show_default=True, help="Harness concurrency levels.")
+@click.option("--iterations", type=int, default=3, show_default=True, help="Harness requests per worker per level.")
+@click.option("--harness-warmup", type=int, default=1, show_default=True, help="Unrecorded requests per level.")
+@click.option("--request-timeout", type=float, default=300.0, show_default=True, help="Harness per-request limit (s).")
+@click.option("--url", default=None, help="Benchmark this HTTP image service instead of the local pipeline.")
+@click.option("--prompt-set", default="default", type=click.Choice(["default", "icons"]), show_default=True,
+              help="Built-in harness prompts when no --prompt/--prompt-file is given.")
 @click.option("--profile-compute", is_flag=True,
               help="Print FLOPs and parameters per component for the variant at --height/--width/--steps, and exit.")
 @click.option("--list-variants", is_flag=True)
@@ -143,6 +154,22 @@ def cli(**o):
             f"{resolved.guidance_scale}: {sum(r['flops_per_image'] for r in rows) / 1e12:.3f} TFLOPs per image")
         return 0
     out = Path(o["output_dir"])
+    explicit = frozenset(_given(("height", "width", "steps", "guidance_scale", "scheduler")))
+    if o["compare_models"]:
+        from .compare import compare_models, parse_models, timestamped
+
+        models = parse_models(o["compare_models"])
+        root = timestamped(out)
+        compare_models(models, req, root, o["keep_loaded"], explicit=explicit, log=log)
+        log(f"comparison: {root}/comparison.csv, {root}/generation_config.json")
+        return 0
+    if o["benchmark"] and o["benchmark_type"] == "icons":
+        from .compare import icon_benchmark
+
+        icon_benchmark(req, out, o["quick"], explicit=explicit, log=log)
+        return 0
+    if o["harness"]:
+        return _run_harness(o, req, resolved, variant, out / "harness", log)
     if o["benchmark"] or o["scheduler_comparison"] or o["multi_resolution"]:
         if o["benchmark"]:
             suites.run_cases(o["benchmark_type"], suites.suite_cases(o["benchmark_type"], req), req,
@@ -160,6 +187,43 @@ def cli(**o):
     log("phases: " + json.dumps({k: round(v, 4) for k, v in m["phases_s"].items()}))
     if o["export_metrics"]:
         log(f"metrics: {o['export_metrics']}")
+    return 0
+
+
+def _given(names: tuple[str, ...]) -> list[str]:
+    """Options the user set (command line or --config), as opposed to left at their defaults."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    return [n for n in names if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)]
+
+
+def _run_harness(o: dict, req, resolved, variant, out: Path, log) -> int:
+    from . import harness
+    from .pipeline import load_workload
+    from .timing import PhaseRecorder
+
+    try:
+        levels = [int(x) for x in o["concurrency"].split(",") if x.strip()]
+    except ValueError:
+        raise UserError("--concurrency", o["concurrency"], "must be comma-separated integers, e.g. 1,2,4") from None
+    cfg = harness.HarnessConfig(prompts=req.prompts or harness.PROMPT_SETS[o["prompt_set"]], levels=levels,
+                                iterations=o["iterations"], warmup=o["harness_warmup"], timeout_s=o["request_timeout"],
+                                width=resolved.width, height=resolved.height, num_images=1, steps=resolved.steps,
+                                guidance_scale=resolved.guidance_scale)
+    harness.check_config(cfg)
+    if o["url"]:
+        target = harness.HttpTarget(o["url"], o["request_timeout"])
+        why = target.probe()
+        if why:
+            raise UserError("--url", o["url"], f"unreachable ({why})")
+    else:
+        recorder = PhaseRecorder("cpu")
+        wl = load_workload(variant, resolved.weights, resolved.scheduler, resolved.execution, recorder=recorder)
+        recorder.device = wl.device
+        target = harness.CallableTarget(harness.pipeline_callable(wl, recorder))
+    harness.run_harness(target, cfg, out, log)
+    log(f"harness results: {out}/summary.csv, requests.csv, raw.json, throughput.png, latency.png")
     return 0
 
 

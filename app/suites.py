@@ -43,9 +43,7 @@ def suite_cases(kind: str, r: GenerationRequest) -> list[tuple[str, dict]]:
         # The grid an energy study varies: work per image (steps) and parallelism (batch).
         return [(f"steps{k}_batch{b}", {"steps": k, "batch_size": b, "num_images": b})
                 for k in sorted({max(1, s // 2), s}) for b in (1, 2, 4)]
-    if kind == "icons":
-        return [(p, {"prompts": [p], "style": "icon"}) for p in ICON_PROMPTS]
-    raise ValueError(kind)
+    raise ValueError(f"{kind} is not a case suite (icons runs through app.compare.icon_benchmark)")
 
 
 def scheduler_cases(r: GenerationRequest) -> list[tuple[str, dict]]:
