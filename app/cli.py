@@ -94,6 +94,7 @@ def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
 @click.option("--output-prefix", default="")
 @click.option("--save-images/--no-save-images", default=True, show_default=True)
 @click.option("--export-metrics", default=None, help="Write the metrics JSON here (atomically).")
+@click.option("--clip-model", default=None, help="Local CLIP directory: add the CLIP score of each image to the metrics.")
 @click.option("--benchmark", is_flag=True, help="Run --benchmark-type instead of one generation.")
 @click.option("--benchmark-type", default="speed",
               type=click.Choice(["speed", "quality", "memory_stress", "artistic_styles", "energy_research", "icons"]))
@@ -134,7 +135,7 @@ def cli(**o):
         num_images=o["num_images"], batch_size=o["batch_size"], images_per_prompt=o["images_per_prompt"],
         warmup=o["warmup"], style=o["style"], style_file=o["style_file"], init_image=o["init_image"],
         strength=o["strength"], output_dir=o["output_dir"], output_prefix=o["output_prefix"],
-        save_images=o["save_images"], export_metrics=o["export_metrics"])
+        save_images=o["save_images"], export_metrics=o["export_metrics"], clip_model=o["clip_model"])
     log = (lambda *_: None) if o["quiet"] else click.echo
     warnings.filterwarnings("ignore")
     _quiet_libraries()
@@ -185,6 +186,8 @@ def cli(**o):
         f"{m['images']} image(s) {c['height']}x{c['width']} x {c['steps']} steps in {m['generation_s']:.3f} s = "
         f"{m['images_per_s']:.3f} img/s, {m['steps_per_s']:.2f} steps/s, peak {m['peak_memory_mib']:.0f} MiB")
     log("phases: " + json.dumps({k: round(v, 4) for k, v in m["phases_s"].items()}))
+    if "clip_score" in m:
+        log(f"CLIP score: mean {m['clip_score']['mean']:.2f} over {len(m['clip_score']['per_image'])} image(s)")
     if o["export_metrics"]:
         log(f"metrics: {o['export_metrics']}")
     return 0

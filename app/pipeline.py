@@ -13,7 +13,7 @@ import functools
 import os
 import resource
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
@@ -139,7 +139,10 @@ def load_workload(variant: ModelVariant, weights_source: str, scheduler_name: st
         elif source == "random":
             pipe = weights.load_random(variant, dtype, "cpu" if options.cpu_offload != "none" else device, seed)
         else:
-            pipe = weights.load_pretrained(variant, dtype, allow_pickle, steps)
+            device_map = weights.multi_gpu_device_map() if options.cpu_offload == "none" else None
+            pipe = weights.load_pretrained(variant, dtype, allow_pickle, steps, device_map)
+            if device_map:
+                options = replace(options, device="balanced")  # placed by accelerate: no .to(device) after
         pipe.set_progress_bar_config(disable=True)
         base = dict(pipe.scheduler.config)
         if variant.unet_override:  # Lightning checkpoints are trained with trailing timesteps
@@ -173,7 +176,7 @@ def _apply_options(pipe, opt: ExecutionOptions, device: str) -> None:
         pipe.enable_model_cpu_offload(device=device)
     elif opt.cpu_offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
-    else:
+    elif opt.device != "balanced":
         pipe.to(device)
     if opt.channels_last:
         _denoiser(pipe).to(memory_format=torch.channels_last)

@@ -66,6 +66,7 @@ class GenerationRequest:
     output_prefix: str = ""
     save_images: bool = True
     export_metrics: str | None = None
+    clip_model: str | None = None
 
     def variant(self) -> ModelVariant:
         if self.custom_model:
@@ -122,6 +123,12 @@ def check_inputs(req: GenerationRequest) -> tuple[GenerationRequest, ModelVarian
             raise UserError("--init-image", r.init_image, "no such file")
         if int(r.steps * r.strength) < 1:
             raise UserError("--steps", r.steps, f"with strength {r.strength} the refiner would run no denoising step")
+    if r.clip_model:
+        from .quality import check_clip_path
+
+        reason = check_clip_path(r.clip_model)
+        if reason:
+            raise UserError("--clip-model", r.clip_model, reason)
     if r.execution.attention == "xformers":
         try:
             import xformers  # noqa: F401
@@ -219,6 +226,12 @@ def run_generation(req: GenerationRequest, log=print, reuse: bool = False) -> di
     # Counted on the meta device from the loaded components' configs (after timing; cached on disk).
     metrics["flops_per_image"] = flops_per_image(pipeline_configs(wl.pipe), variant.family, r.height, r.width,
                                                  r.steps, r.guidance_scale)
+    if r.clip_model:
+        from .quality import ClipScorer
+
+        scores = ClipScorer(r.clip_model).score([im for res in results for im in res.images],
+                                                [prefix + p for p, _ in jobs])
+        metrics["clip_score"] = {"per_image": scores, "mean": sum(scores) / len(scores), "model": r.clip_model}
     if metrics["flops_per_image"] and metrics["generation_s"]:
         metrics["achieved_tflops"] = metrics["flops_per_image"] * metrics["images"] / metrics["generation_s"] / 1e12
     if r.save_images:

@@ -70,12 +70,19 @@ def pretrained_is_local(model_id: str) -> bool:
 
 # --------------------------------------------------------------------------- pretrained
 
+def multi_gpu_device_map() -> str | None:
+    """With more than one GPU visible, spread a pipeline's components over them (diffusers' "balanced")."""
+    return "balanced" if torch.cuda.is_available() and torch.cuda.device_count() > 1 else None
+
+
 def load_pretrained(variant: ModelVariant, dtype: torch.dtype, allow_pickle: bool = False,
-                    steps: int | None = None):
+                    steps: int | None = None, device_map: str | None = None):
     import diffusers
 
     cls = getattr(diffusers, variant.pipeline_class)
     kwargs = {"torch_dtype": dtype, "use_safetensors": not allow_pickle}
+    if device_map:
+        kwargs["device_map"] = device_map
     if variant.family in ("sd1", "sd2"):
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:

@@ -198,6 +198,15 @@ def _img(path: Path) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).stem)}">'
 
 
+def _utilisation_html(table: pd.DataFrame) -> str:
+    """Energy per image, achieved TFLOP/s and model FLOP utilisation per clock, where FLOPs are known."""
+    if "mfu" not in table or table["mfu"].isna().all():
+        return ""
+    cols = ["workload", "sm_clock_mhz", "energy_per_image_j_mean", "achieved_tflops", "mfu"]
+    return ("<h2>Energy per image and model FLOP utilisation</h2><p>MFU = achieved FLOP/s over the GPU type's "
+            "dense peak for the run's dtype (configs/gpus.yaml).</p>" + table[cols].round(4).to_html(index=False))
+
+
 def _write_html(path, summary, choices, fit_table, pngs, table) -> None:
     banner = f'<p class="synthetic">{html.escape(SYNTHETIC_NOTE)}</p>' if summary["synthetic"] else ""
     noisy = table[table["noisy"]][["workload", "sm_clock_mhz", "time_s_cv", "energy_j_cv", "n_runs"]]
@@ -213,6 +222,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;pa
 <h2>Energy vs time</h2>{_img(pngs['pareto'])}
 <h2>Model vs measurement</h2>{_img(pngs['model_fit'])}{fit_table.round(3).to_html(index=False)}
 {''.join(f'<h2>Power trace {k[-1]}</h2>' + _img(v) for k, v in pngs.items() if k.startswith('trace_'))}
+{_utilisation_html(table)}
 <h2>Noisy groups (CV &gt; 10 %)</h2>{noisy.round(3).to_html(index=False) if len(noisy) else '<p>none</p>'}
 </body></html>"""
     path.write_text(body)

@@ -34,7 +34,7 @@ from .errors import GpuError
 from .results import APP_CONFIG_FIELDS, ResultsDir, config_hash, run_id, write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-MODES = ("baseline", "dvfs", "custom")
+MODES = ("baseline", "dvfs", "custom", "guided")
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST", "SLURMD_NODENAME",
               "SLURM_JOB_PARTITION", "SLURM_JOB_ACCOUNT", "SLURM_JOB_QOS", "SLURM_RESTART_COUNT", "SLURM_JOB_GPUS",
               "CUDA_VISIBLE_DEVICES", "SD_ENERGY_SBATCH_OPTIONS")
@@ -59,10 +59,12 @@ def nearest(clocks: list[int], target: int, n: int = 3) -> list[int]:
 
 
 def select_clocks(mode: str, supported: list[int], custom: str | None, fmin: int | None, fmax: int | None,
-                  step: int | None) -> list[int | None]:
+                  step: int | None, probes: int = 4) -> list[int | None]:
     """The clock list of a sweep, validated against what the GPU supports."""
     if mode == "baseline":
         return [None]
+    if mode == "guided":  # the probe clocks; the predicted optimum is added after they are measured
+        return guided_probes(select_clocks("dvfs", supported, None, fmin, fmax, None), probes)
     hi, lo = supported[0], supported[-1]
     if mode == "custom":
         if not custom:
@@ -95,6 +97,39 @@ def select_clocks(mode: str, supported: list[int], custom: str | None, fmin: int
             picked.append(best)
         target -= step
     return sorted(picked, reverse=True)
+
+
+def guided_probes(clocks: list[int], k: int) -> list[int]:
+    """``k`` clocks spread evenly over the range, the highest and lowest included."""
+    if k < 3:
+        raise UserError("--guided-probes", k, "needs at least 3 clocks to fit T = a + b/f and P = c + d f + e f^3")
+    if k > len(clocks):
+        raise UserError("--guided-probes", k, f"more probes than supported clocks in range ({len(clocks)})")
+    idx = sorted({round(i * (len(clocks) - 1) / (k - 1)) for i in range(k)})
+    return [clocks[i] for i in idx]
+
+
+def guided_choice(results: ResultsDir, candidates: list[int], objective: str, max_slowdown: float | None) -> dict:
+    """Fit the per-workload physical model on the measured probes and predict the best clock."""
+    import numpy as np
+
+    from power_modeling.features import feature_table
+    from power_modeling.io import load_runs
+    from power_modeling.models import PhysicalModel
+    from power_modeling.selection import objective_value
+
+    table = feature_table(load_runs([results.path]))
+    model = PhysicalModel().fit(table["sm_clock_mhz"], table["time_s_mean"], table["power_w_mean"])
+    f = np.array(candidates, dtype=float)
+    t, p = model.predict(f)
+    t_ref = model.predict([max(candidates)])[0][0]
+    ok = np.ones_like(t, bool) if max_slowdown is None else t <= t_ref * (1 + max_slowdown)
+    score = np.where(ok, objective_value(t * p, t, objective), np.inf)
+    i = int(np.argmin(score))
+    return {"clock_mhz": int(f[i]), "predicted_time_s": float(t[i]), "predicted_power_w": float(p[i]),
+            "predicted_energy_j": float(t[i] * p[i]), "objective": objective, "max_slowdown": max_slowdown,
+            "probes_mhz": sorted(int(c) for c in table["sm_clock_mhz"]),
+            "coef_time": model.coef_time_.tolist(), "coef_power": model.coef_power_.tolist()}
 
 
 def slice_clocks(clocks: list, spec: str | None) -> list:
@@ -387,6 +422,12 @@ def _fmt(v, unit: str) -> str:
 @click.option("--resume", is_flag=True, help="Continue the newest results directory of this same sweep.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (clocks, runs, estimated time) and exit.")
 @click.option("--reset-clocks", is_flag=True, help="Reset clocks (and any left locked by a killed sweep), then exit.")
+@click.option("--guided-probes", type=int, default=4, show_default=True,
+              help="guided mode: clocks probed before predicting the optimum (>= 3).")
+@click.option("--objective", default="edp", type=click.Choice(["energy", "edp", "ed2p"]), show_default=True,
+              help="guided mode: what the predicted clock minimises.")
+@click.option("--max-slowdown", type=float, default=0.05, show_default=True,
+              help="guided mode: allowed slowdown vs the max clock (negative: none).")
 @click.option("--clock-slice", default=None, help="K/N: run only the K-th of N contiguous slices of the clock list "
               "(one SLURM array task each; K from 0).")
 @click.option("--replay-source", default=None, help="replay: reference CSV or a results directory.")
@@ -506,7 +547,7 @@ def _run(o: dict, backend: GpuBackend) -> int:
         raise UserError("--memory-frequency" if o["memory_frequency"] else "--profiling-tool",
                         o["memory_frequency"] or backend.name, str(exc)) from None
     clocks = select_clocks(o["profiling_mode"], supported, o["custom_frequencies"], o["min_frequency"],
-                           o["max_frequency"], o["frequency_step"])
+                           o["max_frequency"], o["frequency_step"], o["guided_probes"])
     clocks = slice_clocks(clocks, o["clock_slice"])
     plan = SweepPlan(clocks, o["num_runs"], o["warmup_runs"])
     command = [] if backend.replays else app_command(o["app_executable"], o["app_params"])
@@ -545,10 +586,46 @@ def _run(o: dict, backend: GpuBackend) -> int:
     except Interrupted as exc:
         click.echo(f"interrupted ({exc}); clocks restored; run the same command again to finish the sweep", err=True)
         return 128 + exc.signum
+    if o["profiling_mode"] == "guided":
+        try:
+            failures += _guided_verify(o, backend, gpu_type, results, command, supported)
+        except Interrupted as exc:
+            click.echo(f"interrupted ({exc}); clocks restored; run the same command again to finish", err=True)
+            return 128 + exc.signum
     manifest["end_utc"] = datetime.now(timezone.utc).isoformat()
     results.write_manifest(manifest)
     click.echo(f"done: {len(plan.runs)} runs, {failures} not ok; results in {out_dir}")
     return 0
+
+
+def _guided_verify(o: dict, backend, gpu_type, results: ResultsDir, command, supported) -> int:
+    """Predict the best clock from the probes, measure it, and report how far the prediction was off."""
+    candidates = select_clocks("dvfs", supported, None, o["min_frequency"], o["max_frequency"], None)
+    slowdown = None if o["max_slowdown"] < 0 else o["max_slowdown"]
+    try:
+        choice = guided_choice(results, candidates, o["objective"], slowdown)
+    except ValueError as exc:  # e.g. every probe failed
+        click.echo(f"guided: cannot fit the probes ({exc}); no clock predicted", err=True)
+        return 1
+    f = choice["clock_mhz"]
+    click.echo(f"guided: predicted {o['objective']}-optimal clock {f} MHz from probes {choice['probes_mhz']}")
+    failures = 0
+    if f not in choice["probes_mhz"]:
+        failures = Sweep(backend, gpu_type, results, SweepPlan([f], o["num_runs"], o["warmup_runs"]), command,
+                         o["app_name"], o).run()
+    from power_modeling.features import feature_table
+    from power_modeling.io import load_runs
+
+    measured = feature_table(load_runs([results.path])).set_index("sm_clock_mhz").loc[float(f)]
+    report = {**choice, "measured_time_s": float(measured["time_s_mean"]),
+              "measured_power_w": float(measured["power_w_mean"]), "measured_energy_j": float(measured["energy_j_mean"])}
+    for q in ("time_s", "power_w", "energy_j"):
+        report[f"error_{q}_pct"] = 100 * (report[f"predicted_{q}"] / report[f"measured_{q}"] - 1)
+    write_atomic(results.path / "guided.json", json.dumps(report, indent=2))
+    click.echo(f"guided: at {f} MHz predicted {report['predicted_energy_j']:.2f} J in {report['predicted_time_s']:.3f} s, "
+               f"measured {report['measured_energy_j']:.2f} J in {report['measured_time_s']:.3f} s "
+               f"(energy error {report['error_energy_j_pct']:+.1f} %, time error {report['error_time_s_pct']:+.1f} %)")
+    return failures
 
 
 def _output_dir(o: dict, gpu_type: str, chash: str) -> Path:

@@ -189,3 +189,77 @@ def test_script_entry_point(tmp_path):
                "--output-dir", str(tmp_path), "--export-metrics", str(tmp_path / "m.json"))
     assert p.returncode == 0, p.stderr
     assert "img/s" in p.stdout and json.loads((tmp_path / "m.json").read_text())["images"] == 1
+
+
+# --------------------------------------------------------------------------- options that need their own proof
+
+def test_clip_score_with_a_tiny_random_clip(tmp_path):
+    from app.quality import build_tiny_clip
+
+    clip = build_tiny_clip(tmp_path / "clip")
+    m = gen(tmp_path, clip_model=str(clip), num_images=2, prompts=["a red fox", "a blue car"])
+    scores = m["clip_score"]["per_image"]
+    assert len(scores) == 2 and all(0 <= s <= 100 for s in scores)
+    assert json.loads((tmp_path / "m.json").read_text())["clip_score"]["mean"] == pytest.approx(sum(scores) / 2)
+
+
+def test_clip_model_path_must_exist(capsys, tmp_path):
+    from app.cli import main
+
+    assert main(["--clip-model", str(tmp_path / "none"), "--height", "64", "--width", "64"]) == 2
+    assert "--clip-model" in capsys.readouterr().err
+
+
+def test_negative_prompt_changes_the_image(tmp_path):
+    a = gen(tmp_path / "a", guidance_scale=7.5)
+    b = gen(tmp_path / "b", guidance_scale=7.5, negative_prompt="blurry, low quality")
+    assert np.abs(pixels(a["files"][0]) - pixels(b["files"][0])).mean() > 0.01
+    assert b["config"]["negative_prompt"] == "blurry, low quality"
+
+
+def test_command_line_beats_config_file_beats_defaults(tmp_path):
+    from app.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("steps: 3\nheight: 96\nwidth: 64\nweights: tiny\nseed: 5\n")
+    out = tmp_path / "m.json"
+    assert main(["--config", str(cfg), "--steps", "2", "--no-save-images", "-q", "--export-metrics", str(out),
+                 "--output-dir", str(tmp_path)]) == 0
+    c = json.loads(out.read_text())["config"]
+    assert (c["steps"], c["height"], c["width"], c["seed"], c["scheduler"]) == (2, 96, 64, 5, "pndm")
+
+
+def test_xformers_missing_is_a_clear_error(capsys, monkeypatch):
+    import sys
+
+    from app.cli import main
+
+    monkeypatch.setitem(sys.modules, "xformers", None)  # importing it raises ImportError
+    assert main(["--attention", "xformers", "--height", "64", "--width", "64"]) == 2
+    assert "--attention xformers: xformers is not installed" in capsys.readouterr().err
+
+
+def test_allow_pickle_and_multi_gpu_reach_from_pretrained(monkeypatch):
+    import diffusers
+    import torch
+
+    from app import weights
+    from app.models import get_variant
+
+    seen = {}
+
+    def fake_from_pretrained(model_id, **kw):
+        seen.update(kw, model_id=model_id)
+        raise OSError("stop here")
+
+    monkeypatch.setattr(diffusers.StableDiffusionPipeline, "from_pretrained", staticmethod(fake_from_pretrained))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(weights.WeightsError):
+        weights.load_pretrained(get_variant("sd-v1.5"), torch.float16, allow_pickle=True,
+                                device_map=weights.multi_gpu_device_map())
+    assert seen["use_safetensors"] is False and seen["device_map"] == "balanced" and seen["safety_checker"] is None
+    seen.clear()
+    with pytest.raises(weights.WeightsError):
+        weights.load_pretrained(get_variant("sd-v1.5"), torch.float16)
+    assert seen["use_safetensors"] is True and "device_map" not in seen

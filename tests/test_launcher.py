@@ -203,3 +203,43 @@ def test_bad_input(args, expect, tmp_path):
     p = launch(*[str(noexec) if a == "NOEXEC" else a for a in args])
     assert p.returncode == 2 and expect in p.stderr and "Traceback" not in p.stderr
     assert p.stderr.count("\n") == 1
+
+
+def test_guided_mode_probes_predicts_and_verifies(tmp_path):
+    out = tmp_path / "res"
+    p = run_py(*[a if a != "A100" else "H100" for a in BASE], "--profiling-mode", "guided", "--guided-probes", "4",
+               "--objective", "energy", "--max-slowdown", "-1", "--num-runs", "1", "--app-executable", FAKE,
+               "--app-params", "ok 0.6", "--output-dir", str(out))
+    assert p.returncode == 0, p.stderr
+    report = json.loads((out / "guided.json").read_text())
+    assert report["probes_mhz"] == [345, 825, 1305, 1785]
+    assert 345 < report["clock_mhz"] < 1785 and report["clock_mhz"] not in report["probes_mhz"]
+    assert abs(report["error_energy_j_pct"]) < 25 and "energy error" in p.stdout
+    df = rows(out)
+    assert len(df) == 5 and report["clock_mhz"] in set(df["sm_clock_target_mhz"])
+
+
+def test_guided_mode_needs_three_probes():
+    p = launch("--profiling-mode", "guided", "--guided-probes", "2", "--app-executable", FAKE)
+    assert p.returncode == 2 and "--guided-probes 2: needs at least 3 clocks" in p.stderr
+
+
+def test_resume_flag_finds_the_newest_matching_sweep(tmp_path):
+    args = ["--profiling-mode", "custom", "--custom-frequencies", "1410,1005", "--num-runs", "1",
+            "--app-executable", FAKE, "--app-params", "ok 0.05"]
+    first = run_py(*BASE, *args, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (res,) = list((tmp_path / "results").iterdir())
+    lines = (res / "runs.csv").read_text().splitlines(keepends=True)
+    (res / "runs.csv").write_text("".join(lines[:-1]))  # the last run went missing
+    again = run_py(*BASE, *args, "--resume", cwd=tmp_path)
+    assert again.returncode == 0 and f"results: {res}" in again.stdout and "1 of 2 runs already done" in again.stdout
+    assert len(list((tmp_path / "results").iterdir())) == 1
+
+
+def test_all_gpus_runs_one_sweep_per_gpu(tmp_path):
+    out = tmp_path / "res"
+    p = launch("--all-gpus", "--profiling-mode", "baseline", "--num-runs", "1", "--app-executable", FAKE,
+               "--app-params", "ok 0.05", "--output-dir", str(out))
+    assert p.returncode == 0, p.stderr
+    assert (out / "gpu0" / "runs.csv").exists()  # the simulated node has one GPU

@@ -232,3 +232,28 @@ def test_submit_helper_checks_then_submits(slurm_env, tmp_path):
     wait_gone(job)
     job_log(job)
     assert len(pd.read_csv(slurm_env / "fast_h100" / "runs.csv")) == 6
+
+
+@cluster
+def test_requeued_job_resumes_and_completes(slurm_env, tmp_path):
+    exp = tmp_path / "requeue.yaml"
+    exp.write_text((REPO / FAST).read_text().replace('"ok 0.3"', '"ok 2"'))
+    job = sbatch(*SMALL_JOB, "slurm/submit_h100.sh", str(exp))
+    out = slurm_env / "requeue_h100"
+    deadline = time.time() + 120
+    while time.time() < deadline and not ((out / "runs.csv").exists() and len(pd.read_csv(out / "runs.csv")) >= 2):
+        time.sleep(0.3)
+    subprocess.run(["scontrol", "requeue", job], check=True)  # SLURM stops the job (SIGTERM) and queues it again
+    # A requeued job waits about two minutes before it is eligible; let it start as soon as it is pending.
+    deadline = time.time() + 60
+    while time.time() < deadline and job_state(job) != "PENDING":
+        time.sleep(0.3)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+    wait_gone(job, 400)
+    log = job_log(job)
+    rows = pd.read_csv(out / "runs.csv")
+    ok = rows[rows["status"] == "ok"]
+    assert sorted(ok["run_id"]) == sorted(set(ok["run_id"])) and len(ok) == 6, log[-2000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert len(m["launches"]) == 2 and m["slurm"]["SLURM_RESTART_COUNT"] == "1"
+    assert sim_locked() is None
