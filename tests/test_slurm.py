@@ -112,6 +112,13 @@ def wait_gone(job: str, timeout: float = 300) -> None:
     pytest.fail(f"job {job} still in the queue after {timeout} s")
 
 
+def wait_rows(out: Path, n: int, timeout: float = 120) -> None:
+    """Until the running sweep in ``out`` has written ``n`` rows."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ((out / "runs.csv").exists() and len(pd.read_csv(out / "runs.csv")) >= n):
+        time.sleep(0.3)
+
+
 def job_log(job: str, name: str = "sd-energy-h100") -> str:
     path = REPO / f"slurm-{name}-{job}.out"
     text = path.read_text() if path.exists() else ""
@@ -173,9 +180,7 @@ def test_scancel_restores_clocks_and_resubmission_finishes(slurm_env, tmp_path):
     exp.write_text((REPO / FAST).read_text().replace('"ok 0.3"', '"ok 3"'))
     job = sbatch(*SMALL_JOB, "slurm/submit_h100.sh", str(exp))
     out = slurm_env / "slow_h100"
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "runs.csv").exists() and len(pd.read_csv(out / "runs.csv")) >= 2):
-        time.sleep(0.3)
+    wait_rows(out, 2)
     assert sim_locked() is not None
     subprocess.run(["scancel", job], check=True)
     wait_gone(job, 120)
@@ -240,9 +245,7 @@ def test_requeued_job_resumes_and_completes(slurm_env, tmp_path):
     exp.write_text((REPO / FAST).read_text().replace('"ok 0.3"', '"ok 2"'))
     job = sbatch(*SMALL_JOB, "slurm/submit_h100.sh", str(exp))
     out = slurm_env / "requeue_h100"
-    deadline = time.time() + 120
-    while time.time() < deadline and not ((out / "runs.csv").exists() and len(pd.read_csv(out / "runs.csv")) >= 2):
-        time.sleep(0.3)
+    wait_rows(out, 2)
     subprocess.run(["scontrol", "requeue", job], check=True)  # SLURM stops the job (SIGTERM) and queues it again
     # A requeued job waits about two minutes before it is eligible; let it start as soon as it is pending.
     deadline = time.time() + 60
