@@ -275,11 +275,11 @@ class Sweep:
         spans = mon.read_events(res.file("events", rid))
         labels = mon.label_samples(samples, spans)
         window = mon.work_window(spans) or (t_start, t_end)
-        e_counter = mon.counter_energy_j(samples, t_start, t_end)
-        e_integrated = mon.integrate_power_j(samples, t_start, t_end)
+        trace = mon.EnergyTrace(samples)
+        e_counter, e_integrated = _f(trace.counter_j(t_start, t_end)), _f(trace.integrated_j(t_start, t_end))
         energy = e_counter if e_counter is not None else e_integrated
         work_s = window[1] - window[0]
-        work_energy = mon.window_energy_j(samples, *window)
+        work_energy = _f(trace.window_j(*window))
         wall = t_end - t_start
         metrics = _read_json(res.file("apps", rid))
         images = metrics.get("images")
@@ -384,6 +384,10 @@ def _read_json(path: Path) -> dict:
 def _mean_attr(samples: list, attr: str) -> float | None:
     vals = [getattr(s, attr) for s in samples if getattr(s, attr) is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def _f(v) -> float | None:
+    return None if v is None else float(v)
 
 
 def _r(v, nd: int = 4):

@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from .backends.base import GpuBackend, GpuSample
 
 MIN_INTERVAL_S = 0.010
@@ -75,45 +77,66 @@ def measure_idle_power_w(backend: GpuBackend, seconds: float, interval_s: float 
 
 # --------------------------------------------------------------------------- energy over windows
 
-def _interp(samples: list[GpuSample], attr: str, t: float) -> float | None:
-    pts = [(s.mono_s, getattr(s, attr)) for s in samples if getattr(s, attr) is not None]
-    if not pts:
-        return None
-    if t <= pts[0][0]:
-        return pts[0][1]
-    for (t0, v0), (t1, v1) in zip(pts, pts[1:], strict=False):
-        if t0 <= t <= t1:
-            return v0 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
-    return pts[-1][1]
+class EnergyTrace:
+    """A run's samples as arrays, for energy over any number of windows in O(log n) each.
+
+    The cumulative trapezoid integral of power is computed once; a window edge inside a sample
+    interval adds the exact trapezoid up to the linearly interpolated power there. The counter
+    (where the backend has one) is interpolated linearly between readings.
+    """
+
+    def __init__(self, samples: list[GpuSample]):
+        pw = [(s.mono_s, s.power_w) for s in samples if s.power_w is not None]
+        ct = [(s.mono_s, s.energy_mj) for s in samples if s.energy_mj is not None]
+        self.t_p = np.array([x for x, _ in pw], dtype=float)
+        self.p = np.array([y for _, y in pw], dtype=float)
+        self.t_e = np.array([x for x, _ in ct], dtype=float)
+        self.e_mj = np.array([y for _, y in ct], dtype=float)
+        steps = np.diff(self.t_p) * (self.p[1:] + self.p[:-1]) / 2 if len(self.p) > 1 else np.array([])
+        self.cum_j = np.concatenate([[0.0], np.cumsum(steps)])
+
+    def _cum_at(self, x):
+        x = np.clip(np.asarray(x, dtype=float), self.t_p[0], self.t_p[-1])
+        i = np.clip(np.searchsorted(self.t_p, x, side="right") - 1, 0, len(self.t_p) - 1)
+        p_x = np.interp(x, self.t_p, self.p)
+        return self.cum_j[i] + (x - self.t_p[i]) * (self.p[i] + p_x) / 2
+
+    def integrated_j(self, t0=None, t1=None):
+        if len(self.t_p) < 2:
+            return None
+        t0 = self.t_p[0] if t0 is None else t0
+        t1 = self.t_p[-1] if t1 is None else t1
+        return self._cum_at(t1) - self._cum_at(t0)
+
+    def counter_j(self, t0=None, t1=None):
+        if len(self.t_e) < 2:
+            return None
+        t0 = self.t_e[0] if t0 is None else t0
+        t1 = self.t_e[-1] if t1 is None else t1
+        return (np.interp(t1, self.t_e, self.e_mj) - np.interp(t0, self.t_e, self.e_mj)) / 1000.0
+
+    def window_j(self, t0=None, t1=None):
+        """The counter where there is one (hardware-integrated), otherwise integrated power."""
+        e = self.counter_j(t0, t1)
+        return e if e is not None else self.integrated_j(t0, t1)
+
+
+def _scalar(v):
+    return None if v is None else float(v)
 
 
 def integrate_power_j(samples: list[GpuSample], t_start: float | None = None, t_end: float | None = None) -> float | None:
     """Trapezoid integral of power over [t_start, t_end] (the whole trace by default)."""
-    pts = [(s.mono_s, s.power_w) for s in samples if s.power_w is not None]
-    if len(pts) < 2:
-        return None
-    t_start = pts[0][0] if t_start is None else t_start
-    t_end = pts[-1][0] if t_end is None else t_end
-    inner = [(t, p) for t, p in pts if t_start < t < t_end]
-    edges = [(t_start, _interp(samples, "power_w", t_start)), *inner, (t_end, _interp(samples, "power_w", t_end))]
-    return sum((t1 - t0) * (p0 + p1) / 2 for (t0, p0), (t1, p1) in zip(edges, edges[1:], strict=False))
+    return _scalar(EnergyTrace(samples).integrated_j(t_start, t_end))
 
 
 def counter_energy_j(samples: list[GpuSample], t_start: float | None = None, t_end: float | None = None) -> float | None:
     """Energy from the hardware counter's difference over the window (None without a counter)."""
-    pts = [s for s in samples if s.energy_mj is not None]
-    if len(pts) < 2:
-        return None
-    t_start = pts[0].mono_s if t_start is None else t_start
-    t_end = pts[-1].mono_s if t_end is None else t_end
-    e0, e1 = _interp(pts, "energy_mj", t_start), _interp(pts, "energy_mj", t_end)
-    return (e1 - e0) / 1000.0
+    return _scalar(EnergyTrace(samples).counter_j(t_start, t_end))
 
 
 def window_energy_j(samples: list[GpuSample], t_start=None, t_end=None) -> float | None:
-    """The counter where there is one (exact, hardware-integrated), otherwise integrated power."""
-    e = counter_energy_j(samples, t_start, t_end)
-    return e if e is not None else integrate_power_j(samples, t_start, t_end)
+    return _scalar(EnergyTrace(samples).window_j(t_start, t_end))
 
 
 # --------------------------------------------------------------------------- phases from the app's events
@@ -151,11 +174,14 @@ def read_events(path: Path) -> list[PhaseSpan]:
 
 def label_samples(samples: list[GpuSample], spans: list[PhaseSpan]) -> list[str]:
     """The innermost phase open at each sample's time, or 'process' (app running, no phase)."""
-    labels = []
-    for s in samples:
-        open_phases = {sp.phase for sp in spans if sp.start_s <= s.mono_s <= sp.end_s}
-        labels.append(next((p for p in PHASE_PRIORITY if p in open_phases), "process"))
-    return labels
+    t = np.array([s.mono_s for s in samples], dtype=float)
+    rank = np.full(len(t), len(PHASE_PRIORITY))  # lower rank = more specific phase
+    for sp in spans:
+        if sp.phase in PHASE_PRIORITY:
+            lo, hi = np.searchsorted(t, sp.start_s, "left"), np.searchsorted(t, sp.end_s, "right")
+            np.minimum(rank[lo:hi], PHASE_PRIORITY.index(sp.phase), out=rank[lo:hi])
+    names = [*PHASE_PRIORITY, "process"]
+    return [names[r] for r in rank]
 
 
 def work_window(spans: list[PhaseSpan]) -> tuple[float, float] | None:
@@ -168,9 +194,11 @@ def work_window(spans: list[PhaseSpan]) -> tuple[float, float] | None:
 
 def phase_energy_j(samples: list[GpuSample], spans: list[PhaseSpan]) -> dict[str, float]:
     """Energy per phase name, summed over its spans (nested spans are counted in each level)."""
+    trace = EnergyTrace(samples)
     out: dict[str, float] = {}
-    for sp in spans:
-        e = window_energy_j(samples, sp.start_s, sp.end_s)
+    for phase in {sp.phase for sp in spans}:
+        mine = [sp for sp in spans if sp.phase == phase]
+        e = trace.window_j(np.array([sp.start_s for sp in mine]), np.array([sp.end_s for sp in mine]))
         if e is not None:
-            out[sp.phase] = out.get(sp.phase, 0.0) + e
+            out[phase] = float(np.sum(e))
     return out
