@@ -135,7 +135,7 @@ def check_inputs(req: GenerationRequest) -> tuple[GenerationRequest, ModelVarian
         except ImportError:
             raise UserError("--attention", "xformers",
                             "xformers is not installed (pip install '.[xformers]'), use sdpa") from None
-    if r.save_images or r.export_metrics is None:
+    if r.save_images:
         reason = outputs.check_writable_dir(Path(r.output_dir))
         if reason:
             raise UserError("--output-dir", r.output_dir, reason)
