@@ -123,6 +123,12 @@ def check_inputs(req: GenerationRequest) -> tuple[GenerationRequest, ModelVarian
             raise UserError("--init-image", r.init_image, "no such file")
         if int(r.steps * r.strength) < 1:
             raise UserError("--steps", r.steps, f"with strength {r.strength} the refiner would run no denoising step")
+    if r.execution.cpu_offload != "none":
+        from .pipeline import resolve_device
+
+        if resolve_device(r.execution.device) == "cpu":
+            raise UserError("--cpu-offload", r.execution.cpu_offload,
+                            "moves weights between the CPU and a GPU; there is no GPU here (--device cpu)")
     if r.clip_model:
         from .quality import check_clip_path
 

@@ -48,6 +48,8 @@ def make_fake_pynvml(sm_clocks=(1980, 1755, 1410, 1005, 705), mem_clocks=(2619,)
     def _app(h, mem, sm):
         state["app"] = (mem, sm)
 
+    log("nvmlDeviceSetMemoryLockedClocks")(lambda h, lo, hi: state.update(mem_locked=(lo, hi)))
+    log("nvmlDeviceResetMemoryLockedClocks")(lambda h: state.update(mem_locked=None))
     log("nvmlDeviceResetGpuLockedClocks")(lambda h: state.update(locked=None))
     log("nvmlDeviceResetApplicationsClocks")(lambda h: state.update(app=None))
 

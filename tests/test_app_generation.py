@@ -263,3 +263,29 @@ def test_allow_pickle_and_multi_gpu_reach_from_pretrained(monkeypatch):
     with pytest.raises(weights.WeightsError):
         weights.load_pretrained(get_variant("sd-v1.5"), torch.float16)
     assert seen["use_safetensors"] is True and "device_map" not in seen
+
+
+def test_compile_compiles_the_denoiser():
+    from app.models import get_variant
+    from app.pipeline import load_workload
+
+    wl = load_workload(get_variant("sd-v1.5"), "tiny", "euler", ExecutionOptions(device="cpu", compile=True))
+    assert getattr(wl.pipe.unet, "_compiled_call_impl", None) is not None  # torch.compile wraps forward
+
+
+def test_cpu_offload_without_a_gpu_is_a_clear_error(capsys):
+    from app.cli import main
+
+    assert main(["--cpu-offload", "model", "--device", "cpu", "--height", "64", "--width", "64"]) == 2
+    assert "--cpu-offload model: moves weights between the CPU and a GPU" in capsys.readouterr().err
+
+
+def test_prompt_file(tmp_path):
+    from app.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("# a comment\nfirst prompt\n\nsecond prompt\n")
+    out = tmp_path / "m.json"
+    assert main(["--prompt-file", str(prompts), "--weights", "tiny", "--height", "64", "--width", "64", "--steps", "1",
+                 "--no-save-images", "-q", "--export-metrics", str(out)]) == 0
+    assert json.loads(out.read_text())["config"]["prompts"] == ["first prompt", "second prompt"]

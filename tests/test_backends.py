@@ -223,3 +223,12 @@ def test_replay_needs_a_source():
 def test_missing_replay_source(tmp_path):
     with pytest.raises(GpuNotFoundError):
         open_backend("replay", replay_source=str(Path(tmp_path) / "nothing"))
+
+
+def test_nvml_memory_clock_lock_and_reset(fake_nvml):
+    nv = fake_nvml()
+    gpu = open_backend("nvml", 0)
+    gpu.lock_sm_clock(1410, mem_mhz=2619)
+    assert nv.state["locked"] == (1410, 1410) and nv.state["mem_locked"] == (2619, 2619)
+    gpu.reset_clocks()
+    assert nv.state["mem_locked"] is None and nv.state["locked"] is None
