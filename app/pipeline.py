@@ -250,6 +250,10 @@ class Generator:
 
         kwargs = dict(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
                       callback_on_step_end=on_step_end, output_type="pil")
+        if wl.variant.family.startswith("pixart"):
+            # Exact sizes (PixArt would otherwise snap them to its aspect-ratio bins) and no caption
+            # cleaning (it needs bs4/ftfy and changes the prompt).
+            kwargs.update(use_resolution_binning=False, clean_caption=False)
         if negative_prompt and guidance > 1.0:
             kwargs["negative_prompt"] = [negative_prompt] * len(prompts)
         if wl.variant.needs_init_image:

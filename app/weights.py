@@ -22,7 +22,7 @@ from . import tokenizers_local as toks
 from .models import ModelVariant
 
 CONFIG_ROOT = Path(__file__).resolve().parent.parent / "configs" / "models"
-TINY_VERSION = "v1"  # bump when the tiny architectures change, so stale caches are rebuilt
+TINY_VERSION = "v2"  # bump when the tiny architectures change, so stale caches are rebuilt
 
 # Variant family -> directory under configs/models holding its full-size architecture.
 RANDOM_ARCH = {
@@ -34,7 +34,7 @@ RANDOM_ARCH = {
     "pixart-sigma": "pixart-sigma",
     "flux": "flux",
 }
-TINY_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "sd3")
+TINY_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "pixart-alpha", "pixart-sigma")
 
 
 class WeightsError(RuntimeError):
@@ -245,6 +245,19 @@ def _build_tiny(family: str):
             text_encoder=_tiny_clip(True), tokenizer=_tok(toks.EOS), text_encoder_2=_tiny_clip(True),
             tokenizer_2=_tok("!"), text_encoder_3=None, tokenizer_3=None,
             scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
+    if family in ("pixart-alpha", "pixart-sigma"):
+        from transformers import T5Config, T5EncoderModel
+
+        transformer = diffusers.PixArtTransformer2DModel(
+            sample_size=8, num_layers=2, patch_size=2, attention_head_dim=8, num_attention_heads=3, caption_channels=32,
+            in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True, activation_fn="gelu-approximate",
+            num_embeds_ada_norm=1000, norm_type="ada_norm_single", norm_elementwise_affine=False, norm_eps=1e-6)
+        t5 = T5EncoderModel(T5Config(vocab_size=300, d_model=32, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+                                     feed_forward_proj="gated-gelu", is_encoder_decoder=False, pad_token_id=0,
+                                     eos_token_id=1))
+        cls = diffusers.PixArtAlphaPipeline if family == "pixart-alpha" else diffusers.PixArtSigmaPipeline
+        return cls(tokenizer=toks.build_t5_tokenizer(120 if family == "pixart-alpha" else 300), text_encoder=t5,
+                   vae=_tiny_vae(), transformer=transformer, scheduler=diffusers.DPMSolverMultistepScheduler())
     raise WeightsError(f"--weights tiny: no tiny model for family {family!r}; tiny exists for "
                        f"{', '.join(TINY_FAMILIES)}; use --weights random for this variant")
 

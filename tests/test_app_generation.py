@@ -57,10 +57,15 @@ def test_flow_scheduler_on_transformer_family(tmp_path):
     assert m["config"]["family"] == "sd3" and Image.open(m["files"][0]).size == (64, 64)
 
 
-@pytest.mark.parametrize("variant", ["sd-v2.1", "sdxl", "sdxl-turbo"])
-def test_other_unet_families_generate(tmp_path, variant):
+@pytest.mark.parametrize("variant", ["sd-v2.1", "sdxl", "sdxl-turbo", "pixart-alpha", "pixart-sigma"])
+def test_other_families_generate(tmp_path, variant):
     m = gen(tmp_path, model_variant=variant)
-    assert m["images"] == 1 and m["config"]["family"] in ("sd2", "sdxl")
+    assert m["images"] == 1 and Image.open(m["files"][0]).size == (64, 64)
+    assert m["config"]["family"] in ("sd2", "sdxl", "pixart-alpha", "pixart-sigma")
+    if variant.startswith("pixart"):  # T5 text encoder fed by the locally built tokenizer
+        from app.pipeline import _CACHE
+
+        assert type(next(iter(_CACHE.values()))[0].text_encoder).__name__ == "T5EncoderModel"
 
 
 def test_refiner_uses_init_image(tmp_path):

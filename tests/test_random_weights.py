@@ -61,3 +61,18 @@ def test_random_pipeline_builds_full_size_sd15_on_meta():
     assert sum(p.numel() for p in pipe.unet.parameters()) == EXACT[("sd1", "unet")]
     ids = pipe.tokenizer("an astronaut", padding="max_length", max_length=77, truncation=True).input_ids
     assert len(ids) == 77 and max(ids) < pipe.text_encoder.config.vocab_size
+
+
+@pytest.mark.parametrize("variant", ["pixart-alpha", "flux.1-schnell"])
+def test_random_t5_pipelines_assemble_on_meta(variant):
+    """The T5 families: full-size components on meta and a locally built T5 tokenizer, no download."""
+    import torch
+
+    from app.models import get_variant
+    from app.weights import load_random
+
+    pipe = load_random(get_variant(variant), torch.bfloat16, "meta")
+    t5, tok = (pipe.text_encoder, pipe.tokenizer) if variant.startswith("pixart") else (pipe.text_encoder_2, pipe.tokenizer_2)
+    assert type(t5).__name__ == "T5EncoderModel"
+    ids = tok("a lighthouse at dusk", padding="max_length", max_length=64, truncation=True).input_ids
+    assert len(ids) == 64 and max(ids) < t5.config.vocab_size and 1 in ids  # </s> appended, padded with 0
