@@ -33,6 +33,7 @@ RANDOM_ARCH = {
     "pixart-alpha": "pixart-alpha",
     "pixart-sigma": "pixart-sigma",
     "flux": "flux",
+    "sana": "sana",
 }
 TINY_FAMILIES = ("sd1", "sd2", "sdxl", "sdxl-refiner", "sd3", "pixart-alpha", "pixart-sigma")
 
@@ -171,7 +172,7 @@ def _attach_tokenizers(parts: dict, index: dict, root: Path) -> None:
         model = parts.get(enc)
         if model is None:
             continue
-        if model.config.model_type == "t5":
+        if model.config.model_type in ("t5", "gemma2"):  # sentencepiece models: a byte-level stand-in
             parts[tok] = toks.build_t5_tokenizer(index.get("max_sequence_length", 256))
         else:
             pad = index.get("pad_token" if enc == "text_encoder" else "pad_token_2", toks.EOS)

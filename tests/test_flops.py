@@ -29,7 +29,7 @@ def test_guidance_doubles_the_denoiser_and_steps_multiply():
     assert cfg["vae_decoder"]["flops_per_image"] == no_cfg["vae_decoder"]["flops_per_image"]
 
 
-@pytest.mark.parametrize("variant", ["sdxl", "sd3-medium"])
+@pytest.mark.parametrize("variant", ["sdxl", "sd3-medium", "sana-600m"])
 def test_other_families_are_counted(variant):
     rows = variant_table(get_variant(variant), 256, 256, 2, None)
     assert {r["component"] for r in rows} >= {"vae_decoder", "text_encoder"}

@@ -21,7 +21,8 @@ EXACT = {
     ("pixart-sigma", "transformer"): 610_856_096,  # "0.6 B"
 }
 APPROX = {("flux", "transformer"): 11.9e9, ("pixart-alpha", "transformer"): 0.611e9,
-          ("sdxl-refiner", "unet"): 2.26e9}
+          ("sdxl-refiner", "unet"): 2.26e9, ("sana", "transformer"): 0.592e9, ("sana", "vae"): 0.312e9,
+          ("sana", "text_encoder"): 2.614e9}
 
 
 def count(arch, comp):
@@ -63,7 +64,7 @@ def test_random_pipeline_builds_full_size_sd15_on_meta():
     assert len(ids) == 77 and max(ids) < pipe.text_encoder.config.vocab_size
 
 
-@pytest.mark.parametrize("variant", ["pixart-alpha", "flux.1-schnell"])
+@pytest.mark.parametrize("variant", ["pixart-alpha", "flux.1-schnell", "sana-600m"])
 def test_random_t5_pipelines_assemble_on_meta(variant):
     """The T5 families: full-size components on meta and a locally built T5 tokenizer, no download."""
     import torch
@@ -72,7 +73,7 @@ def test_random_t5_pipelines_assemble_on_meta(variant):
     from app.weights import load_random
 
     pipe = load_random(get_variant(variant), torch.bfloat16, "meta")
-    t5, tok = (pipe.text_encoder, pipe.tokenizer) if variant.startswith("pixart") else (pipe.text_encoder_2, pipe.tokenizer_2)
-    assert type(t5).__name__ == "T5EncoderModel"
+    t5, tok = (pipe.text_encoder_2, pipe.tokenizer_2) if variant.startswith("flux") else (pipe.text_encoder, pipe.tokenizer)
+    assert type(t5).__name__ == ("Gemma2Model" if variant.startswith("sana") else "T5EncoderModel")
     ids = tok("a lighthouse at dusk", padding="max_length", max_length=64, truncation=True).input_ids
     assert len(ids) == 64 and max(ids) < t5.config.vocab_size and 1 in ids  # </s> appended, padded with 0
