@@ -25,7 +25,7 @@ demo: venv
 	$(BIN)/python -m power_modeling report $(DEMO_DIR) --out $(DEMO_DIR)/report
 
 test: venv
-	@bash slurm/local/test-with-cluster.sh $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	@bash slurm/local/test-with-cluster.sh $(BIN)/python -m pytest -q -p no:cacheprovider --durations=15 tests
 
 lint: venv
 	$(BIN)/ruff check .
