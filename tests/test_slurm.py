@@ -112,6 +112,13 @@ def wait_gone(job: str, timeout: float = 300) -> None:
     pytest.fail(f"job {job} still in the queue after {timeout} s")
 
 
+def fast_experiment(directory: Path, name: str, seconds: float) -> Path:
+    """The fast test experiment with each run lasting ``seconds``; results go to ``<name>_h100``."""
+    exp = directory / f"{name}.yaml"
+    exp.write_text((REPO / FAST).read_text().replace('"ok 0.3"', f'"ok {seconds}"'))
+    return exp
+
+
 def wait_rows(out: Path, n: int, timeout: float = 120) -> None:
     """Until the running sweep in ``out`` has written ``n`` rows."""
     deadline = time.time() + timeout
@@ -176,8 +183,7 @@ def test_array_sweep_covers_the_same_clocks_as_one_job(slurm_env):
 
 @cluster
 def test_scancel_restores_clocks_and_resubmission_finishes(slurm_env, tmp_path):
-    exp = tmp_path / "slow.yaml"
-    exp.write_text((REPO / FAST).read_text().replace('"ok 0.3"', '"ok 3"'))
+    exp = fast_experiment(tmp_path, "slow", 3)
     job = sbatch(*SMALL_JOB, "slurm/submit_h100.sh", str(exp))
     out = slurm_env / "slow_h100"
     wait_rows(out, 2)
@@ -204,8 +210,7 @@ def test_scancel_restores_clocks_and_resubmission_finishes(slurm_env, tmp_path):
 @cluster
 def test_time_limit_stops_cleanly_through_the_signal(slurm_env, tmp_path, monkeypatch):
     monkeypatch.setenv("SD_ENERGY_REQUEUE", "0")
-    exp = tmp_path / "long.yaml"
-    exp.write_text((REPO / FAST).read_text().replace('"ok 0.3"', '"ok 30"'))
+    exp = fast_experiment(tmp_path, "long", 30)
     job = sbatch(*SMALL_JOB, "--time=1", "--signal=B:USR1@55", "slurm/submit_h100.sh", str(exp))
     wait_gone(job, 150)
     log = job_log(job)
@@ -241,8 +246,7 @@ def test_submit_helper_checks_then_submits(slurm_env, tmp_path):
 
 @cluster
 def test_requeued_job_resumes_and_completes(slurm_env, tmp_path):
-    exp = tmp_path / "requeue.yaml"
-    exp.write_text((REPO / FAST).read_text().replace('"ok 0.3"', '"ok 2"'))
+    exp = fast_experiment(tmp_path, "requeue", 2)
     job = sbatch(*SMALL_JOB, "slurm/submit_h100.sh", str(exp))
     out = slurm_env / "requeue_h100"
     wait_rows(out, 2)
