@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -232,3 +233,38 @@ def test_nvml_memory_clock_lock_and_reset(fake_nvml):
     assert nv.state["locked"] == (1410, 1410) and nv.state["mem_locked"] == (2619, 2619)
     gpu.reset_clocks()
     assert nv.state["mem_locked"] is None and nv.state["locked"] is None
+
+
+def test_dcgm_backend_streams_activity_from_dcgmi(fake_nvml, tmp_path, monkeypatch):
+    """A fake `dcgmi dmon` that streams like the real one; clock control goes through (patched) NVML."""
+    nv = fake_nvml()
+    script = tmp_path / "bin" / "dcgmi"
+    script.parent.mkdir()
+    script.write_text(f"""#!{sys.executable}
+import sys, time
+print("#Entity   POWER  TOTEC  SMCLK  MMCLK  GPUTL  FBUSD  TMPTR  SMACT  SMOCC  TENSO  DRAMA  FP64A  FP32A  FP16A", flush=True)
+print("ID        W      mJ     MHZ    MHZ    %      MB     C", flush=True)
+for i in range(400):
+    print(f"GPU 0     {{200 + i}}.0  {{1000 * i}}  1410   2619   97     40960  61     0.91   0.60   0.40   0.30   0.00   0.10   0.50", flush=True)
+    time.sleep(0.02)
+""")
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
+    gpu = open_backend("dcgm", 0)
+    try:
+        first = gpu.sample()
+        time.sleep(0.15)
+        later = gpu.sample()
+        assert first.sm_clock_mhz == 1410 and first.extra["sm_active"] == 0.91 and first.extra["tensor_active"] == 0.40
+        assert later.energy_mj > first.energy_mj and later.power_w > first.power_w
+        assert gpu.energy_mj() is not None and gpu.device_name() == "NVIDIA H100 80GB HBM3"
+        gpu.lock_sm_clock(1005)
+        assert nv.state["locked"] == (1005, 1005)
+    finally:
+        gpu.close()
+
+
+def test_dcgm_without_dcgmi_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(GpuNotFoundError, match="install DCGM or use --profiling-tool nvml"):
+        open_backend("dcgm", 0)
