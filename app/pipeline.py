@@ -197,14 +197,19 @@ def attention_context(attention: str):
 def _wrap_phases(pipe) -> None:
     """Time text encoding and VAE decoding inside diffusers' own call, once per pipeline object."""
 
-    def timed(fn, name):
+    def timed(fn, name, after=None):
         @functools.wraps(fn)
         def inner(*a, **k):
             with pipe._phase_recorder.phase(name):
-                return fn(*a, **k)
+                out = fn(*a, **k)
+            if after is not None:
+                after()
+            return out
         return inner
 
-    pipe.encode_prompt = timed(pipe.encode_prompt, "text_encode")
+    # Denoising starts when the prompt is encoded: the running batch's hook marks step 0 there.
+    pipe._after_encode = None
+    pipe.encode_prompt = timed(pipe.encode_prompt, "text_encode", lambda: pipe._after_encode and pipe._after_encode())
     pipe.vae.decode = timed(pipe.vae.decode, "vae_decode")
     pipe._phases_wrapped = True
 
@@ -240,13 +245,8 @@ class Generator:
                 rec.mark("start", "denoise_step", step=i + 1, batch=batch_index)
             return kwargs
 
-        orig_encode = wl.pipe.encode_prompt
-
-        @functools.wraps(orig_encode)
-        def encode_then_start_steps(*a, **k):
-            out = orig_encode(*a, **k)
+        def start_steps():
             mark[0] = rec.mark("start", "denoise_step", step=0, batch=batch_index)
-            return out
 
         kwargs = dict(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
                       callback_on_step_end=on_step_end, output_type="pil")
@@ -261,7 +261,7 @@ class Generator:
         else:
             kwargs.update(height=height, width=width)
         before = dict(rec.totals_s)
-        wl.pipe.encode_prompt = encode_then_start_steps
+        wl.pipe._after_encode = start_steps
         try:
             with torch.inference_mode(), attention_context(wl.options.attention), rec.phase(phase, batch=batch_index):
                 t0 = time.perf_counter()
@@ -269,7 +269,7 @@ class Generator:
                 synchronize(wl.device)
                 latency = time.perf_counter() - t0
         finally:
-            wl.pipe.encode_prompt = orig_encode
+            wl.pipe._after_encode = None
         phases = {k: v - before.get(k, 0.0) for k, v in rec.totals_s.items() if v - before.get(k, 0.0) > 0}
         phases["denoise"] = sum(step_times)
         return BatchResult(images, latency, step_times, phases)

@@ -120,6 +120,16 @@ class EnergyTrace:
         e = self.counter_j(t0, t1)
         return e if e is not None else self.integrated_j(t0, t1)
 
+    def phase_energy_j(self, spans: list[PhaseSpan]) -> dict[str, float]:
+        """Energy per phase name, summed over its spans (nested spans are counted in each level)."""
+        out: dict[str, float] = {}
+        for phase in {sp.phase for sp in spans}:
+            mine = [sp for sp in spans if sp.phase == phase]
+            e = self.window_j(np.array([sp.start_s for sp in mine]), np.array([sp.end_s for sp in mine]))
+            if e is not None:
+                out[phase] = float(np.sum(e))
+        return out
+
 
 def _scalar(v):
     return None if v is None else float(v)
@@ -193,12 +203,5 @@ def work_window(spans: list[PhaseSpan]) -> tuple[float, float] | None:
 
 
 def phase_energy_j(samples: list[GpuSample], spans: list[PhaseSpan]) -> dict[str, float]:
-    """Energy per phase name, summed over its spans (nested spans are counted in each level)."""
-    trace = EnergyTrace(samples)
-    out: dict[str, float] = {}
-    for phase in {sp.phase for sp in spans}:
-        mine = [sp for sp in spans if sp.phase == phase]
-        e = trace.window_j(np.array([sp.start_s for sp in mine]), np.array([sp.end_s for sp in mine]))
-        if e is not None:
-            out[phase] = float(np.sum(e))
-    return out
+    """Energy per phase name from a run's samples (see ``EnergyTrace.phase_energy_j``)."""
+    return EnergyTrace(samples).phase_energy_j(spans)

@@ -119,6 +119,15 @@ def fast_experiment(directory: Path, name: str, seconds: float) -> Path:
     return exp
 
 
+def start_job(tmp_path: Path, results: Path, name: str, seconds: float, rows: int) -> tuple[Path, str, Path]:
+    """Submit the fast experiment with ``seconds``-long runs and wait until ``rows`` runs are written."""
+    exp = fast_experiment(tmp_path, name, seconds)
+    job = sbatch(*SMALL_JOB, "slurm/submit_h100.sh", str(exp))
+    out = results / f"{name}_h100"
+    wait_rows(out, rows)
+    return exp, job, out
+
+
 def wait_rows(out: Path, n: int, timeout: float = 120) -> None:
     """Until the running sweep in ``out`` has written ``n`` rows."""
     deadline = time.time() + timeout
@@ -183,10 +192,7 @@ def test_array_sweep_covers_the_same_clocks_as_one_job(slurm_env):
 
 @cluster
 def test_scancel_restores_clocks_and_resubmission_finishes(slurm_env, tmp_path):
-    exp = fast_experiment(tmp_path, "slow", 3)
-    job = sbatch(*SMALL_JOB, "slurm/submit_h100.sh", str(exp))
-    out = slurm_env / "slow_h100"
-    wait_rows(out, 2)
+    exp, job, out = start_job(tmp_path, slurm_env, "slow", 3, rows=2)
     assert sim_locked() is not None
     subprocess.run(["scancel", job], check=True)
     wait_gone(job, 120)
@@ -246,10 +252,7 @@ def test_submit_helper_checks_then_submits(slurm_env, tmp_path):
 
 @cluster
 def test_requeued_job_resumes_and_completes(slurm_env, tmp_path):
-    exp = fast_experiment(tmp_path, "requeue", 2)
-    job = sbatch(*SMALL_JOB, "slurm/submit_h100.sh", str(exp))
-    out = slurm_env / "requeue_h100"
-    wait_rows(out, 2)
+    exp, job, out = start_job(tmp_path, slurm_env, "requeue", 2, rows=2)
     subprocess.run(["scontrol", "requeue", job], check=True)  # SLURM stops the job (SIGTERM) and queues it again
     # A requeued job waits about two minutes before it is eligible; let it start as soon as it is pending.
     deadline = time.time() + 60

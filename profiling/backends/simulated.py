@@ -75,6 +75,8 @@ class SimulatedGpu(GpuBackend):
         self._events_pos = 0
         self._open: dict[str, int] = {}
         self._running = False
+        self._clock_mhz: int | None = None
+        self._clock_read_s = -1.0
 
     # identity
     def device_name(self) -> str:
@@ -97,17 +99,25 @@ class SimulatedGpu(GpuBackend):
         return _read_state(self.state_file).get("sm_clock_locked_mhz")
 
     def current_sm_clock_mhz(self) -> int:
-        return self.locked_sm_clock_mhz() or self.spec["sm_clock_max_mhz"]
+        """The clock now, from the state file re-read at most every 0.5 s: sample() and each denoising
+        step call this, and another process (the launcher) may have changed it."""
+        now = time.monotonic()
+        if now - self._clock_read_s > 0.5:
+            self._clock_mhz = self.locked_sm_clock_mhz() or self.spec["sm_clock_max_mhz"]
+            self._clock_read_s = now
+        return self._clock_mhz
 
     def lock_sm_clock(self, mhz: int, mem_mhz: int | None = None) -> None:
         if mhz not in self.spec["sm_clocks_mhz"]:
             raise ClockError(f"{mhz} MHz is not a supported SM clock of the simulated {self.gpu_type}")
         _write_state(self.state_file, {**_read_state(self.state_file), "sm_clock_locked_mhz": int(mhz)})
+        self._clock_read_s = -1.0
 
     def reset_clocks(self) -> None:
         state = _read_state(self.state_file)
         state.pop("sm_clock_locked_mhz", None)
         _write_state(self.state_file, state)
+        self._clock_read_s = -1.0
 
     # activity from the app's phase events
     def attach_run(self, events_path: Path | None) -> None:
@@ -156,34 +166,21 @@ class SimulatedGpu(GpuBackend):
 
 
 class StepDilation:
-    """Runs in the app after each denoising step: sleeps so the step lasts as long as at the locked clock.
+    """Runs in the app after each denoising step: sleeps so the step lasts as long as at the locked clock."""
 
-    The state file is re-read at most every 0.5 s, so the hot loop costs a clock read, not file I/O.
-    """
-
-    def __init__(self, state_file: Path, f_max_mhz: int, compute_bound_frac: float):
-        self.state_file = state_file
-        self.f_max = f_max_mhz
-        self.beta = compute_bound_frac
-        self._factor = 0.0
-        self._checked = 0.0
+    def __init__(self, gpu: SimulatedGpu):
+        self.gpu = gpu
+        self.f_max = gpu.spec["sm_clock_max_mhz"]
+        self.beta = gpu.model["compute_bound_frac"]
 
     @classmethod
     def from_env(cls) -> StepDilation:
+        """The GPU whose state file the launcher named (``<type>-<index>.json``)."""
         path = Path(os.environ[STATE_ENV])
-        gpu_type = path.stem.rsplit("-", 1)[0].upper()
-        spec = load_gpu_specs()[gpu_type]
-        return cls(path, spec["sm_clock_max_mhz"], spec["simulated"]["compute_bound_frac"])
-
-    def _dilation(self) -> float:
-        now = time.perf_counter()
-        if now - self._checked > 0.5:
-            f = _read_state(self.state_file).get("sm_clock_locked_mhz") or self.f_max
-            self._factor = self.beta * (self.f_max / f - 1.0)
-            self._checked = now
-        return self._factor
+        gpu_type, index = path.stem.rsplit("-", 1)
+        return cls(SimulatedGpu(gpu_type.upper(), int(index), state_file=path))
 
     def __call__(self, step_s: float) -> None:
-        extra = step_s * self._dilation()
+        extra = step_s * self.beta * (self.f_max / self.gpu.current_sm_clock_mhz() - 1.0)
         if extra > 0:
             time.sleep(extra)
