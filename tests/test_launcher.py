@@ -243,3 +243,25 @@ def test_all_gpus_runs_one_sweep_per_gpu(tmp_path):
                "--app-params", "ok 0.05", "--output-dir", str(out))
     assert p.returncode == 0, p.stderr
     assert (out / "gpu0" / "runs.csv").exists()  # the simulated node has one GPU
+
+
+def test_index_sleep_sampling_idle_and_name_options_take_effect(tmp_path):
+    from datetime import datetime
+
+    def sweep(out, *extra):
+        p = run_py("-m", "profiling.launch", "--profiling-tool", "simulated", "--gpu-type", "A100", "--profiling-mode",
+                   "baseline", "--num-runs", "2", "--app-executable", FAKE, "--app-params", "ok 0.4",
+                   "--output-dir", str(out), *extra)
+        assert p.returncode == 0, p.stderr
+        return rows(out), json.loads((out / "manifest.json").read_text())
+
+    fast, m_fast = sweep(tmp_path / "a", "--gpu-index", "3", "--sleep-interval", "0", "--sampling-interval", "10",
+                         "--idle-seconds", "0", "--app-name", "MyBench")
+    slow, _ = sweep(tmp_path / "b", "--sleep-interval", "1.5", "--sampling-interval", "100", "--idle-seconds", "0.3")
+    assert m_fast["gpu_index"] == 3 and set(fast["gpu_uuid"]) == {"SIM-A100-3"}
+    assert set(fast["workload"]) == {"MyBench"} and m_fast["app_name"] == "MyBench"
+    gap = [(datetime.fromisoformat(d["start_utc"].iloc[1]) - datetime.fromisoformat(d["start_utc"].iloc[0])).total_seconds()
+           for d in (fast, slow)]
+    assert gap[1] - gap[0] >= 1.0  # the 1.5 s cool-down sits between the runs (same-length runs otherwise)
+    assert fast["samples"].min() > 2 * slow["samples"].max()  # 10 ms sampling vs 100 ms
+    assert fast["idle_power_w"].isna().all() and slow["idle_power_w"].notna().all()
