@@ -150,3 +150,24 @@ def test_server_rejects_bad_requests(server):
     with pytest.raises(urllib.error.HTTPError) as exc:
         urllib.request.urlopen(req, timeout=10)
     assert exc.value.code == 400
+
+
+def test_warmup_requests_are_made_but_not_recorded():
+    calls = []
+
+    def counting(prompt, width, height, num_images, steps, guidance):
+        calls.append(prompt)
+        return [Image.new("RGB", (8, 8))]
+
+    (s,) = run_harness(CallableTarget(counting), cfg(levels=[1], iterations=3, warmup=2), log=lambda *_: None)
+    assert s["requests"] == 3 and len(calls) == 5
+
+
+def test_cli_prompt_set_and_request_timeout(server, tmp_path):
+    rc = main(["--harness", "--url", server + "/generate", "--prompt-set", "icons", "--concurrency", "1",
+               "--iterations", "2", "--harness-warmup", "0", "--request-timeout", "0.001", "--height", "64",
+               "--width", "64", "--steps", "2", "--output-dir", str(tmp_path), "-q"])
+    assert rc == 0
+    reqs = list(csv.DictReader(open(tmp_path / "harness" / "requests.csv")))
+    assert [r["prompt"] for r in reqs] == ["bank transfer icon", "minimal fintech payment icon"]
+    assert {r["status"] for r in reqs} == {"timeout"}
