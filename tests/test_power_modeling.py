@@ -19,6 +19,7 @@ from power_modeling import (
     choose_clock,
     evaluate_guided,
     feature_table,
+    guided_choice,
     leave_one_workload_out,
     load_runs,
 )
@@ -67,6 +68,55 @@ def test_slowdown_budget_is_respected():
     assert capped.clock_mhz > free.clock_mhz and capped.energy_saved_pct > 0
 
 
+class _TiltedCrossModel:
+    """A cross-workload model with the right form of curve but the wrong balance of its parts."""
+
+    activity_names_: list[str] = []
+
+    @staticmethod
+    def _rel(table, law):
+        g = table["sm_clock_mhz"].values / 1000
+        return law(g) / law(g.max())
+
+    def predict_power(self, table):  # less dynamic power than the truth (30 g^3)
+        return table["power_w_at_max"].values * self._rel(table, lambda g: 60.0 + 20.0 * g + 10.0 * g**3)
+
+    def predict_time(self, table):  # more memory-bound than the truth (8/g)
+        return table["time_s_at_max"].values * self._rel(table, lambda g: 2.0 + 3.0 / g)
+
+
+def _synthetic_truth(clocks):
+    g = np.asarray(clocks, float) / 1000
+    t, p = 2.0 + 8.0 / g, 60.0 + 20.0 * g + 30.0 * g**3
+    return pd.DataFrame({"sm_clock_mhz": clocks, "time_s_mean": t, "power_w_mean": p}).set_index("sm_clock_mhz",
+                                                                                               drop=False)
+
+
+def test_guided_choice_corrects_a_wrong_model_with_its_probes():
+    clocks = list(range(700, 1801, 15))
+    truth = _synthetic_truth(clocks)
+    edp = truth["power_w_mean"] * truth["time_s_mean"] ** 2
+    measured = []
+
+    def measure(f):
+        measured.append(f)
+        return truth.loc[f]
+
+    g = guided_choice(measure, clocks, _TiltedCrossModel(), "edp", k=4, min_gap=0.05)
+    assert len(measured) == len(set(measured)) == len(g["probes_mhz"]) == 4
+    gaps = np.diff(sorted(measured))
+    assert gaps.min() >= 0.05 * 1795
+    assert abs(g["predicted_clock_mhz"] - edp.idxmin()) > 100  # the model alone is off (1 % regret)
+    assert edp.loc[g["clock_mhz"]] / edp.min() - 1 < 0.002  # the probes bring the choice to the optimum
+
+
+def test_guided_choice_keeps_the_slowdown_budget():
+    clocks = list(range(700, 1801, 15))
+    truth = _synthetic_truth(clocks)
+    g = guided_choice(lambda f: truth.loc[f], clocks, _TiltedCrossModel(), "energy", k=4, max_slowdown=0.05)
+    assert g["measured_time_s"] <= truth.loc[1795, "time_s_mean"] * 1.05
+
+
 def test_noisy_groups_are_flagged():
     table = feature_table(synthetic_runs(noise=0.2, runs=4))
     assert table["noisy"].any()
@@ -90,29 +140,33 @@ def cross_folds():
 def test_reference_cross_workload_model(reference_table, cross_folds):
     """Leave-one-application-out on 24 real V100 apps, each known only by its max-clock run.
 
-    Measured (docs/BENCHMARKS.md): power MAPE 4.72 %, time MAPE 3.14 %. Tolerances catch regressions.
+    Measured (docs/BENCHMARKS.md): power MAPE 4.76 %, time MAPE 2.22 %; the bounds are the issue's targets.
     """
     assert reference_table["workload"].nunique() == 24
     cv = leave_one_workload_out(reference_table, CrossWorkloadModel, cross_folds)
-    assert cv["power_mape"].mean() <= 0.049
-    assert cv["time_mape"].mean() <= 0.033
+    assert cv["power_mape"].mean() <= 0.05
+    assert cv["time_mape"].mean() <= 0.03
     fgcs = leave_one_workload_out(reference_table, FGCSModel)
     assert fgcs["power_mape"].mean() > 0.2  # the refit published form, for orientation (README: 24-39 %)
 
 
 @requires_reference()
 def test_reference_guided_choice_regret(reference_table, cross_folds):
-    """4 probe clocks per app; measured mean EDP regret 3.13 %, p90 5.71 % (plain 4-probe fit: 5.9 % mean)."""
+    """4 probe clocks per app; measured mean EDP regret 1.69 %, p90 3.90 % (plain 4-probe fit: 5.9 % mean)."""
     reg = evaluate_guided(reference_table, CrossWorkloadModel, "edp", 4, None, cross_folds)
     assert (reg["probes"] <= 4).all()
-    assert reg["regret_pct"].mean() <= 3.6
-    assert reg["regret_pct"].quantile(0.9) <= 6.3
+    assert reg["regret_pct"].mean() <= 2.0
+    assert reg["regret_pct"].quantile(0.9) <= 5.0
 
 
 @requires_reference()
 def test_reference_outliers_flagged(reference_table):
     row = reference_table[(reference_table["workload"] == "lavamd") & (reference_table["sm_clock_mhz"] == 990)]
     assert row["outlier"].all()  # 37 W between neighbours at ~105 W
+    row = reference_table[(reference_table["workload"] == "bfs") & (reference_table["sm_clock_mhz"] == 1200)]
+    assert row["outlier"].all()  # 57 W between 76 W neighbours that scatter by 0.5 %
+    namd = reference_table[reference_table["workload"] == "NAMD"]
+    assert namd["outlier"].sum() <= 2  # a noisy workload keeps its rows: the bar scales with its own scatter
     assert reference_table["outlier"].mean() < 0.05
 
 
