@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -97,15 +98,27 @@ def sbatch(*args: str) -> str:
     return p.stdout.strip().split(";")[0]
 
 
+FINAL_STATES = {"COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
+
+
 def job_state(job: str) -> str:
+    """The job's state from slurmctld ("" once it is purged).
+
+    ``squeue`` alone is not enough: while a job is being requeued it can drop out of squeue's
+    answer for a moment, which would read as "finished"; ``scontrol`` keeps the record.
+    """
     p = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True)
-    return p.stdout.strip()
+    if p.returncode == 0 and p.stdout.strip():
+        return p.stdout.strip()
+    p = subprocess.run(["scontrol", "-o", "show", "job", job], capture_output=True, text=True)
+    found = re.search(r"JobState=(\S+)", p.stdout)
+    return found.group(1) if found else ""
 
 
 def wait_gone(job: str, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if not job_state(job):
+        if job_state(job) in FINAL_STATES | {""}:
             return
         time.sleep(0.5)
     subprocess.run(["scancel", job])
@@ -254,11 +267,13 @@ def test_submit_helper_checks_then_submits(slurm_env, tmp_path):
 def test_requeued_job_resumes_and_completes(slurm_env, tmp_path):
     exp, job, out = start_job(tmp_path, slurm_env, "requeue", 2, rows=2)
     subprocess.run(["scontrol", "requeue", job], check=True)  # SLURM stops the job (SIGTERM) and queues it again
-    # A requeued job waits about two minutes before it is eligible; let it start as soon as it is pending.
+    # A requeued job waits about two minutes before it is eligible; let it start soon after it is pending,
+    # but not within the same few seconds: slurmd still holds the old launch credential as revoked and
+    # kills a relaunch stamped in that second ("Job credential revoked"), which ends the job for good.
     deadline = time.time() + 60
     while time.time() < deadline and job_state(job) != "PENDING":
         time.sleep(0.3)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], capture_output=True)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now+3"], capture_output=True)
     wait_gone(job, 400)
     log = job_log(job)
     rows = pd.read_csv(out / "runs.csv")
