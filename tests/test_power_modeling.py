@@ -184,6 +184,20 @@ def sim_results(tmp_path_factory):
     return out
 
 
+@requires_reference()
+def test_cli_select_guided_on_real_data():
+    """``select --guided K`` replays the guided search on fully swept data and reports its regret."""
+    hpc = str(REFERENCE / "v100_hpc_3apps_dvfs.csv")
+    p = run_py("-m", "power_modeling", "select", hpc, "--objective", "edp", "--max-slowdown", "-1", "--guided", "3")
+    assert p.returncode == 0, p.stderr
+    summary = re.search(r"guided \(3 probes\): mean regret ([\d.]+) %, p90 ([\d.]+) %", p.stdout)
+    assert summary, p.stdout
+    for app in ("LAMMPS", "LSTM", "NAMD"):
+        assert re.search(rf"^\s*{app}\s+edp\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+3\s+[\d.]+$", p.stdout, re.M), p.stdout
+    p = run_py("-m", "power_modeling", "select", hpc, "--guided", "1")
+    assert p.returncode == 2 and "--guided" in p.stderr and "at least 2" in p.stderr
+
+
 def test_cli_end_to_end_on_simulated_launcher_results(sim_results, tmp_path):
     p = run_py("-m", "power_modeling", "features", str(sim_results), "--out", str(tmp_path / "f"))
     assert p.returncode == 0, p.stderr
