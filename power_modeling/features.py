@@ -1,4 +1,18 @@
-"""Per (workload, GPU, clock) feature tables with run-to-run statistics, and relative-to-max features."""
+"""Per (workload, GPU, clock) feature tables with run-to-run statistics, and relative-to-max features.
+
+Real DVFS sweeps carry artefacts that must never become a recommendation, so rows are screened
+twice before any statistic is taken:
+
+* per run (``flag_runs``): marked warm-up runs, runs whose clock lock did not take effect
+  (``clock_mismatch``), a cold first run of a job many times slower than its warm repeats, and a
+  single repeat far off its clock's other repeats;
+* per clock (``flag_clocks``): a clock far off the trend of its neighbouring clocks (a sensor
+  glitch, a lock that silently did not apply, a clock whose every repeat was slow), and a power
+  reading stuck at one value over several clocks.
+
+Every excluded run or clock keeps its row with the reason in ``excluded``, so reports can say how
+many rows were left out and why.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +22,84 @@ import pandas as pd
 from .io import ACTIVITY, DataError
 
 GROUP = ["workload", "gpu", "sm_clock_mhz"]
-METRICS = ["time_s", "power_w", "energy_j", "energy_per_image_j"]
+METRICS = ["time_s", "power_w", "energy_j", "energy_per_image_j", "edp", "ed2p"]
 CV_FLAG = 0.10
+
+COLD_START_FACTOR = 1.3   # a first run this much slower than its warm repeats is a cold start
+REPEAT_SIGMAS = 6.0       # a repeat this many pooled robust sigmas off its clock's median is bad...
+REPEAT_FLOOR = 0.10       # ...and at least this far off (log), so a quiet workload keeps its 3 % wobble
 
 
 def feature_table(runs: pd.DataFrame, gpu: str | None = None) -> pd.DataFrame:
-    """Mean, std, CV and count of each metric per (workload, gpu, clock); groups noisier than 10 % flagged."""
+    """Mean, std, CV and count of each metric per (workload, gpu, clock) over the runs that passed screening.
+
+    Columns ``n_runs`` (kept), ``n_excluded_runs`` and ``excluded_runs`` ("cold start:1; clock
+    mismatch:2") describe the run screening; ``excluded`` is the clock-level verdict ("" = usable).
+    """
     runs = select_gpu(runs, gpu)
+    runs = runs.assign(excluded=flag_runs(runs), edp=runs["energy_j"] * runs["time_s"],
+                       ed2p=runs["energy_j"] * runs["time_s"] ** 2)
+    kept = runs[runs["excluded"] == ""]
     agg = {}
     for m in METRICS:
-        agg.update({f"{m}_mean": (m, "mean"), f"{m}_std": (m, "std"), })
+        agg.update({f"{m}_mean": (m, "mean"), f"{m}_std": (m, "std")})
     agg["n_runs"] = ("time_s", "size")
-    for col in ("achieved_tflops", "mfu"):
+    for col in ("achieved_tflops", "mfu", *[c for c in ACTIVITY if c in runs]):
         if col in runs:
             agg[col] = (col, "mean")
-    for col in [c for c in ACTIVITY if c in runs]:
-        agg[col] = (col, "mean")
     for col in [c for c in runs.columns if c.startswith("app_")] + ["is_default_clock", "synthetic", "backend",
                                                                      "flops_per_image", "idle_power_w"]:
         if col in runs:
             agg[col] = (col, "first")
-    table = runs.groupby(GROUP, dropna=False).agg(**agg).reset_index()
+    table = kept.groupby(GROUP, dropna=False).agg(**agg).reset_index()
+    table = table.merge(_exclusion_counts(runs), on=GROUP, how="outer")
+    table["n_runs"] = table["n_runs"].fillna(0).astype(int)
+    if "is_default_clock" in runs:
+        first = runs.groupby(GROUP, dropna=False)["is_default_clock"].first().reset_index()
+        table = table.drop(columns="is_default_clock").merge(first, on=GROUP, how="left")
     for m in METRICS:
-        table[f"{m}_std"] = table[f"{m}_std"].fillna(0.0)
+        table[f"{m}_std"] = table[f"{m}_std"].where(table["n_runs"] > 1)
         table[f"{m}_cv"] = table[f"{m}_std"] / table[f"{m}_mean"]
-    table["edp_mean"] = table["energy_j_mean"] * table["time_s_mean"]
-    table["ed2p_mean"] = table["energy_j_mean"] * table["time_s_mean"] ** 2
     table["noisy"] = (table[["time_s_cv", "power_w_cv", "energy_j_cv"]] > CV_FLAG).any(axis=1)
-    table["outlier"] = flag_outliers(table)
+    table["excluded"] = np.where(table["n_runs"] == 0, "no valid run", "")
+    clock_reason, table["time_s_scatter"] = flag_clocks(table)
+    table["excluded"] = table["excluded"].where(table["excluded"] != "", clock_reason)
+    table["outlier"] = table["excluded"] == "outlier"
     return add_relative(table.sort_values(GROUP, ascending=[True, True, False]).reset_index(drop=True))
 
 
+def _exclusion_counts(runs: pd.DataFrame) -> pd.DataFrame:
+    out = runs[runs["excluded"] != ""]
+    if out.empty:
+        return pd.DataFrame(columns=[*GROUP, "n_excluded_runs", "excluded_runs"])
+    counts = out.groupby([*GROUP, "excluded"], dropna=False).size().rename("n").reset_index()
+    counts["text"] = counts["excluded"] + ":" + counts["n"].astype(str)
+    return counts.groupby(GROUP, dropna=False).agg(n_excluded_runs=("n", "sum"),
+                                                   excluded_runs=("text", "; ".join)).reset_index()
+
+
+def usable_mask(table: pd.DataFrame) -> pd.Series:
+    """Locked-clock rows that passed screening: what references, choices and fits may use."""
+    keep = ~table["is_default_clock"].astype(bool)
+    if "excluded" in table:
+        keep &= table["excluded"].fillna("") == ""
+    return keep
+
+
 def add_relative(table: pd.DataFrame) -> pd.DataFrame:
-    """Each metric relative to the same workload's run at its highest locked clock (the reference)."""
-    locked = table[~table.get("is_default_clock", False).astype(bool)]
-    ref = locked.loc[locked.groupby(["workload", "gpu"])["sm_clock_mhz"].idxmax()]
-    ref = ref.set_index(["workload", "gpu"])
+    """Each metric relative to the same workload's run at its highest usable locked clock (the reference).
+
+    ``power_tdp_at_max`` (power at the reference over the GPU type's TDP) lets a model trained on
+    one GPU type speak to another: 200 W is a lot on a V100 and little on an H100.
+    """
+    from profiling.backends.base import load_gpu_specs
+
+    ok = table[usable_mask(table)]
     keyed = table.set_index(["workload", "gpu"]).index
+    if ok.empty:
+        ref = pd.DataFrame(columns=table.columns).set_index(["workload", "gpu"])
+    else:
+        ref = ok.loc[ok.groupby(["workload", "gpu"])["sm_clock_mhz"].idxmax()].set_index(["workload", "gpu"])
     fmax = ref["sm_clock_mhz"].reindex(keyed).values
     table["f_rel"] = table["sm_clock_mhz"].values / fmax
     for m in ("time_s", "power_w", "energy_j"):
@@ -53,35 +108,151 @@ def add_relative(table: pd.DataFrame) -> pd.DataFrame:
         table[f"{col}_at_max"] = ref[col].reindex(keyed).values
     table["power_w_at_max"] = ref["power_w_mean"].reindex(keyed).values
     table["time_s_at_max"] = ref["time_s_mean"].reindex(keyed).values
+    tdp = {name: spec.get("tdp_w") for name, spec in load_gpu_specs().items()}
+    table["tdp_w"] = pd.to_numeric(table["gpu"].map(tdp), errors="coerce")
+    table["power_tdp_at_max"] = table["power_w_at_max"] / table["tdp_w"]
     return table
 
 
-def flag_outliers(table: pd.DataFrame, window: int = 7, n_sigma: float = 6.0, floor: float = 0.10) -> pd.Series:
-    """Rows whose power or time jumps away from the neighbouring clocks by far more than their noise.
+# --------------------------------------------------------------------------- run screening
 
-    Single-run sweeps (like the reference V100 data) have no repeats, so neighbouring clocks
-    are the noise estimate: the log deviation from the rolling median of ``window`` clocks is
-    compared with that workload's own scatter (1.4826 x median absolute deviation) and flagged
-    beyond ``n_sigma`` of it, and never below ``floor`` (10 %), so quantised timers and genuinely
-    noisy workloads keep their rows. An isolated glitch (bfs at 1200 MHz: 57 W between 76 W
-    neighbours whose scatter is 0.5 %) is flagged and kept out of fits and the measured optimum.
+def flag_runs(runs: pd.DataFrame) -> pd.Series:
+    """Why each run is left out of the statistics ("" = kept).
+
+    * ``warmup``: marked as warm-up by the launcher (or a ``warmup`` column of a reference CSV);
+    * ``clock mismatch``: the SM clock during the work was not the target (the lock did not apply);
+    * ``cold start``: the first measured run of a job, more than 1.3x slower than the median of the
+      other runs at its clock (model load, autotuning and caches land on it, and on the reference clock);
+    * ``bad repeat``: with 3+ runs at a clock, a run whose time or power is off the clock's median by
+      more than 6 pooled robust sigmas of that workload and at least 10 %.
+    """
+    reason = pd.Series("", index=runs.index, dtype=object)
+    if "warmup" in runs:
+        reason[runs["warmup"].fillna(False).astype(bool)] = "warmup"
+    if "clock_mismatch" in runs:
+        reason[(reason == "") & runs["clock_mismatch"].fillna(False).astype(bool)] = "clock mismatch"
+    live = runs[reason == ""]
+    if live.empty:
+        return reason
+    # Cold start: the first run of each (source, workload) against the other runs at its clock.
+    order = live["sequence"] if "sequence" in live else pd.Series(np.arange(len(live)), index=live.index)
+    job = [live["source"], live["workload"]] if "source" in live else [live["workload"]]
+    first = order.groupby(job).transform("min") == order
+    key = [live[c] for c in GROUP]
+    warm_median = live["time_s"].where(~first).groupby(key, dropna=False).transform("median")
+    cold = first & (live["time_s"] > COLD_START_FACTOR * warm_median).fillna(False)
+    reason[cold[cold].index] = "cold start"
+    # Bad repeat among 3+ remaining runs: robust to one bad value per clock.
+    rest = live[~cold]
+    key = [rest[c] for c in GROUP]
+    n = rest.groupby(key, dropna=False)["time_s"].transform("size")
+    bad = pd.Series(False, index=rest.index)
+    for col in ("time_s", "power_w"):
+        x = np.log(rest[col].where(rest[col] > 0))
+        dev = x - x.groupby(key, dropna=False).transform("median")
+        sigma = 1.4826 * dev.abs().groupby(key, dropna=False).transform("median")
+        pooled = sigma.where(n >= 3).groupby(rest["workload"]).transform("median")
+        bad |= (n >= 3) & (dev.abs() > np.maximum(REPEAT_SIGMAS * pooled.fillna(0), REPEAT_FLOOR))
+    reason[bad[bad].index] = "bad repeat"
+    return reason
+
+
+# --------------------------------------------------------------------------- clock screening
+
+def flag_clocks(table: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
+    """Clock-level exclusions ("stuck power", then "outlier" among the rest) and, per workload, the
+    robust scatter of log run time around the trend of neighbouring clocks: the noise a single-run
+    sweep shows, used to judge "faster than the reference" (NaN with fewer than 5 clocks)."""
+    reason = pd.Series("", index=table.index, dtype=object)
+    reason[flag_stuck_power(table)] = "stuck power"
+    outlier, scatter = _outliers_and_scatter(table.assign(excluded=reason.where(reason != "", table["excluded"])))
+    reason[(reason == "") & outlier] = "outlier"
+    return reason, scatter
+
+
+def flag_stuck_power(table: pd.DataFrame, min_clocks: int = 3) -> pd.Series:
+    """Clocks whose mean power is exactly the same as at 2+ other clocks of the workload.
+
+    Real power moves with the clock (static plus ~f*V^2); one value repeated to the last digit over
+    several clocks is a sensor that stopped updating, and integrating it gives a false energy curve.
     """
     flags = pd.Series(False, index=table.index)
-    locked = table[~table["is_default_clock"].astype(bool)]
-    for _, g in locked.groupby(["workload", "gpu"]):
-        if len(g) < window:
-            continue
-        g = g.sort_values("sm_clock_mhz")
-        for col in ("power_w_mean", "time_s_mean"):
-            log_x = np.log(g[col].where(g[col] > 0))
-            dev = log_x - log_x.rolling(window, center=True, min_periods=3).median()
-            scatter = 1.4826 * np.nanmedian(np.abs(dev - np.nanmedian(dev)))
-            flags.loc[g.index] |= (dev.abs() > max(n_sigma * scatter, floor)).fillna(False)
+    ok = table[~table["is_default_clock"].astype(bool) & (table["n_runs"] > 0)]
+    if ok.empty:
+        return flags
+    rounded = ok["power_w_mean"].round(6)
+    counts = rounded.groupby([ok["workload"], ok["gpu"], rounded]).transform("size")
+    flags.loc[ok.index] = counts >= min_clocks
     return flags
 
 
+def flag_outliers(table: pd.DataFrame, k: int = 4, n_sigma: float = 6.0, floor: float = 0.10) -> pd.Series:
+    """Clocks whose power or time is far off the trend of their nearest clocks.
+
+    For each clock, a line is fitted (Theil-Sen, in log power or log time vs log clock) through the
+    ``k`` nearest *other* clocks and the clock's residual from it is compared with the workload's
+    own scatter of such residuals (1.4826 x MAD) times ``n_sigma``, never below ``floor`` (10 %).
+    A local line, unlike a median of neighbours, follows the curve, so the 8-10 clocks of a coarse
+    sweep are not flagged for being on a slope; leaving the clock out makes the rule see an isolated
+    glitch (bfs at 1200 MHz: 57 W between 76 W neighbours), a lock that did not apply (a low clock
+    reading like the max), a clock whose every repeat was slow, and a cold reference run. Flagged
+    clocks stop serving as neighbours and every clock is judged again (up to 3 passes), so one
+    glitch cannot drag the line of the clock next to it.
+    """
+    return _outliers_and_scatter(table, k, n_sigma, floor)[0]
+
+
+def _outliers_and_scatter(table: pd.DataFrame, k: int = 4, n_sigma: float = 6.0,
+                          floor: float = 0.10) -> tuple[pd.Series, pd.Series]:
+    flags = pd.Series(False, index=table.index)
+    time_scatter = pd.Series(np.nan, index=table.index)
+    ok = table[~table["is_default_clock"].astype(bool) & (table["n_runs"] > 0)]
+    if "excluded" in table:
+        ok = ok[table.loc[ok.index, "excluded"].fillna("") == ""]
+    for (wl, gpu), g in ok.groupby(["workload", "gpu"]):
+        if len(g) < 5:
+            continue
+        g = g.sort_values("sm_clock_mhz")
+        lf = np.log(g["sm_clock_mhz"].to_numpy(float))
+        ys = {c: np.log(g[c].where(g[c] > 0).to_numpy(float)) for c in ("power_w_mean", "time_s_mean")}
+        bad = np.zeros(len(g), bool)
+        scatter = {}
+        for _ in range(3):
+            new = np.zeros(len(g), bool)
+            for col, y in ys.items():
+                resid = y - _loo_local_line(lf, y, k, ~bad)
+                scatter[col] = 1.4826 * np.nanmedian(np.abs(resid[~bad] - np.nanmedian(resid[~bad])))
+                new |= np.nan_to_num(np.abs(resid)) > max(n_sigma * scatter[col], floor)
+            if (new == bad).all():
+                break
+            bad = new
+        flags.loc[g.index] = bad
+        time_scatter[(table["workload"] == wl) & (table["gpu"] == gpu)] = scatter["time_s_mean"]
+    return flags, time_scatter
+
+
+def _loo_local_line(x: np.ndarray, y: np.ndarray, k: int, usable: np.ndarray) -> np.ndarray:
+    """At each x[i], the Theil-Sen line through the k nearest other usable points, evaluated at x[i]."""
+    k = min(k, int(usable.sum()) - 1)
+    dist = np.abs(x[:, None] - x[None, :])
+    dist[:, ~usable] = np.inf
+    np.fill_diagonal(dist, np.inf)
+    near = np.argsort(dist, axis=1, kind="stable")[:, :k]             # (n, k)
+    xa, ya = x[near], y[near]
+    i, j = np.triu_indices(k, 1)
+    dx = xa[:, i] - xa[:, j]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slopes = np.where(dx != 0, (ya[:, i] - ya[:, j]) / dx, np.nan)
+    slope = np.nan_to_num(np.nanmedian(slopes, axis=1))
+    intercept = np.nanmedian(ya - slope[:, None] * xa, axis=1)
+    return intercept + slope * x
+
+
+# --------------------------------------------------------------------------- helpers
+
 def select_gpu(runs: pd.DataFrame, gpu: str | None) -> pd.DataFrame:
-    gpus = sorted(runs["gpu"].dropna().unique())
+    """The runs of one GPU type; several types without a choice is an error that lists them."""
+    gpus = sorted(runs["gpu"].dropna().astype(str).unique())
     if gpu is not None:
         if gpu not in gpus:
             raise DataError(f"--gpu {gpu}: not in the data, which has {', '.join(gpus)}")
@@ -92,7 +263,7 @@ def select_gpu(runs: pd.DataFrame, gpu: str | None) -> pd.DataFrame:
 
 
 def check_fittable(table: pd.DataFrame, need: int = 3) -> None:
-    per = table[~table["is_default_clock"].astype(bool)].groupby("workload")["sm_clock_mhz"].nunique()
+    per = table[usable_mask(table)].groupby("workload")["sm_clock_mhz"].nunique()
     few = per[per < need]
     if len(few) == len(per):
         raise DataError(f"{int(per.max()) if len(per) else 0} locked clock(s) per workload: a model needs at least "
@@ -100,7 +271,7 @@ def check_fittable(table: pd.DataFrame, need: int = 3) -> None:
 
 
 def default_clock_row(table: pd.DataFrame, workload: str) -> pd.Series | None:
-    rows = table[(table["workload"] == workload) & table["is_default_clock"].astype(bool)]
+    rows = table[(table["workload"] == workload) & table["is_default_clock"].astype(bool) & (table["n_runs"] > 0)]
     return rows.iloc[0] if len(rows) else None
 
 

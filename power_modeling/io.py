@@ -82,7 +82,8 @@ def load_results_dir(path: Path) -> pd.DataFrame:
     if (path / "manifest.json").exists():
         manifest = json.loads((path / "manifest.json").read_text())
     df = _dedupe(df)
-    df = df[(df["status"] == "ok") & (df["warmup"].astype(int) == 0)].copy()
+    df = df.assign(sequence=np.arange(len(df)))
+    df = df[df["status"] == "ok"].copy()
     if df.empty:
         return df
     act = _activity_from_samples(path, df["run_id"])
@@ -100,6 +101,10 @@ def load_results_dir(path: Path) -> pd.DataFrame:
         "sm_clock_mhz": df["sm_clock_target_mhz"].fillna(df.get("sm_clock_mean_mhz")).values,
         "is_default_clock": default.values,
         "run_index": df["run_index"].values,
+        "sequence": df["sequence"].values,
+        "warmup": df["warmup"].fillna(0).astype(int).astype(bool).values,
+        "clock_mismatch": df.get("clock_mismatch", pd.Series([0] * len(df), index=df.index)).fillna(0).astype(bool).values,
+        "sm_clock_measured_mhz": df.get("sm_clock_mean_mhz", pd.Series([np.nan] * len(df), index=df.index)).values,
         "time_s": df["work_s"].values,
         "energy_j": df["work_energy_j"].values,
         "images": df.get("images", pd.Series([np.nan] * len(df))).values,
@@ -138,19 +143,43 @@ def _workload_names(df: pd.DataFrame) -> pd.Series:
 
 
 def load_reference_csv(path: Path) -> pd.DataFrame:
+    """A reference-format CSV (one row per application, clock and run) as tidy runs.
+
+    Optional columns beyond the reference V100 tables, so measured data with its artefacts can be
+    expressed in the same format: ``gpu`` (GPU type; default V100, the reference data's),
+    ``run_index`` (repeat number), ``warmup`` (1 = unmeasured warm-up run), ``clock_mismatch``
+    (1 = the lock did not take effect) or ``sm_clock_mean_mhz`` (the clock measured during the run,
+    from which a mismatch is judged as by the launcher), ``is_default_clock`` (1 = unlocked clock).
+    """
     ref = load_reference(path)
+    n = len(ref)
+
+    def col(name, default):
+        return ref[name].values if name in ref else np.full(n, default)
+
+    measured = pd.to_numeric(pd.Series(col("sm_clock_mean_mhz", np.nan)), errors="coerce").values
+    target = ref["sm_clock_mhz"].astype(float).values
+    mismatch = col("clock_mismatch", 0).astype(float) > 0
+    mismatch |= np.nan_to_num(np.abs(measured - target)) > np.maximum(15, 0.01 * target)
+    run_index = col("run_index", 0)
     out = pd.DataFrame({
-        "source": str(path), "run_id": [f"{w}_{int(c)}" for w, c in zip(ref["workload"], ref["sm_clock_mhz"], strict=True)],
-        "workload": ref["workload"], "gpu": "V100", "gpu_name": "Tesla V100 (reference)", "backend": "reference",
-        "synthetic": False, "sm_clock_mhz": ref["sm_clock_mhz"].astype(float), "is_default_clock": False, "run_index": 0,
+        "source": str(path),
+        "run_id": [f"{w}_{int(c)}_{int(i)}" for w, c, i in zip(ref["workload"], ref["sm_clock_mhz"], run_index,
+                                                              strict=True)],
+        "workload": ref["workload"], "gpu": pd.Series(col("gpu", "V100")).astype(str).values,
+        "gpu_name": col("gpu", "Tesla V100 (reference)"), "backend": "reference",
+        "synthetic": col("synthetic", False).astype(bool), "sm_clock_mhz": target,
+        "is_default_clock": col("is_default_clock", False).astype(bool), "run_index": run_index,
+        "sequence": np.arange(n), "warmup": col("warmup", 0).astype(float) > 0, "clock_mismatch": mismatch,
+        "sm_clock_measured_mhz": measured,
         "time_s": ref["work_s"], "energy_j": ref["energy_j"], "images": np.nan, "idle_power_w": np.nan,
         "flops_per_image": np.nan,
     })
     out["power_w"] = ref["avg_power_w"].values
     out["energy_per_image_j"] = np.nan
-    for col in ACTIVITY:
-        if col in ref:
-            out[col] = ref[col].values
+    for c in ACTIVITY:
+        if c in ref:
+            out[c] = ref[c].values
     return out
 
 
@@ -172,4 +201,6 @@ def load_runs(paths: list[str | Path]) -> pd.DataFrame:
     bad = df[["time_s", "energy_j", "power_w"]].isna().any(axis=1) | (df["time_s"] <= 0)
     if bad.all():
         raise DataError("every run has missing (NaN) or zero time/energy values")
+    if df.loc[~bad, "warmup"].all():
+        raise DataError(f"{', '.join(map(str, paths))}: no successful measured run (all failed, or only warm-up)")
     return df[~bad].reset_index(drop=True)

@@ -166,7 +166,7 @@ def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: 
 
 
 def _choice_cols(df: pd.DataFrame) -> pd.DataFrame:
-    cols = ["workload", "objective", "clock_mhz", "reference_clock_mhz", "energy_saved_pct", "energy_saved_std_pct",
+    cols = ["workload", "objective", "clock_mhz", "reference_clock_mhz", "energy_saved_pct", "energy_saved_lo_pct", "energy_saved_hi_pct",
             "slowdown_pct", "energy_saved_vs_default_pct", "slowdown_vs_default_pct"]
     return df[cols].round(2)
 

@@ -1,22 +1,36 @@
-"""Choosing the clock: minimum energy, EDP or ED²P, optionally within a slowdown budget.
+"""Choosing the clock: minimum energy, EDP or ED²P within a slowdown budget, and only where it shows.
 
-``choose_clock`` picks from measured clocks, with the run-to-run spread carried into the
-energy saved. ``guided_choice`` needs only k probe runs: the max clock, then one at a time at
-the optimum of the cross-workload prediction corrected by the probes so far; ``evaluate_guided``
-replays that on fully swept data and reports the regret.
+``choose_clock`` picks from measured clocks that passed screening (``features``: no outlier, stuck
+sensor, lock that did not apply, cold start or bad repeat becomes the recommendation or the
+reference). Savings carry a 95 % interval from the repeats (``ratio_interval``); the slowdown cap
+is applied to the interval's upper end; a clock "faster" than the reference beyond the noise is a
+data problem, never a saving; and when no clock beats the reference beyond its uncertainty the
+answer is the reference clock with "no significant saving". Savings are stated against the max
+locked clock and, where measured, the default (unlocked) clock.
+
+``GuidedSearch`` needs only a few probe clocks: the max clock, then one at a time at the optimum
+of the cross-workload prediction corrected by the probes so far. The launcher's guided mode and
+``evaluate_guided`` (its replay on fully swept data, with the regret) run this same object.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pandas as pd
+from scipy import stats
+from threadpoolctl import threadpool_limits
 
-from .features import default_clock_row
+from .features import usable_mask
 from .io import DataError
 
 OBJECTIVES = ("energy", "edp", "ed2p")
+SCORE_COLUMN = {"energy": "energy_j_mean", "edp": "edp_mean", "ed2p": "ed2p_mean"}
+CONFIDENCE = 0.95
+FASTER_FLOOR = 0.01    # a lower clock this much faster than the reference (and beyond its interval) is a data problem
+SINGLE_RUN_SIGMAS = 3  # ...or, with one run per clock, this many sigmas of the neighbouring-clock scatter
 
 
 def objective_value(energy_j, time_s, objective: str):
@@ -29,69 +43,296 @@ def objective_value(energy_j, time_s, objective: str):
     raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
 
 
+def ratio_interval(mean_a, std_a, n_a, mean_b, std_b, n_b, level: float = CONFIDENCE):
+    """``mean_a / mean_b`` with a t-based interval on its log (delta method, Welch degrees of freedom).
+
+    Returns (ratio, lo, hi), floats or arrays like the inputs. The interval is NaN where either side
+    has fewer than two runs: one run says nothing about noise.
+    """
+    mean_a, std_a, n_a, mean_b, std_b, n_b = (np.asarray(v, float) for v in (mean_a, std_a, n_a, mean_b, std_b, n_b))
+    ratio = mean_a / mean_b
+    with np.errstate(divide="ignore", invalid="ignore"):
+        va, vb = (std_a / mean_a) ** 2 / n_a, (std_b / mean_b) ** 2 / n_b
+        se = np.sqrt(va + vb)
+        df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
+        half = np.where(se > 0, stats.t.ppf(0.5 + level / 2, np.where(se > 0, df, 1)) * se, 0.0)
+    known = (np.minimum(n_a, n_b) >= 2) & np.isfinite(se)
+    lo = np.where(known, ratio * np.exp(-half), np.nan)
+    hi = np.where(known, ratio * np.exp(half), np.nan)
+    if ratio.ndim == 0:
+        return float(ratio), float(lo), float(hi)
+    return ratio, lo, hi
+
+
 @dataclass
 class Choice:
+    """The recommendation for one workload, with what it rests on.
+
+    ``clock_mhz`` is the clock to use; ``best_measured_mhz`` the admissible clock with the best mean
+    objective and ``fitted_mhz`` the optimum of the smoothed curves (``smooth_curves``). Percentages
+    are "saved" (positive = less than the reference) and "slowdown" (positive = slower), each with
+    a 95 % interval (``_lo``/``_hi``; NaN when a clock has one run: ``uncertainty`` says "unknown").
+    """
+
     workload: str
+    gpu: str
     objective: str
     max_slowdown: float | None
     clock_mhz: float
+    verdict: str
+    chosen_on: str
+    best_measured_mhz: float
+    fitted_mhz: float
     reference_clock_mhz: float
     energy_j: float
     time_s: float
     energy_saved_pct: float
-    energy_saved_std_pct: float
+    energy_saved_lo_pct: float
+    energy_saved_hi_pct: float
     slowdown_pct: float
-    energy_saved_vs_default_pct: float | None = None
-    slowdown_vs_default_pct: float | None = None
+    slowdown_lo_pct: float
+    slowdown_hi_pct: float
+    objective_saved_pct: float
+    objective_saved_lo_pct: float
+    objective_saved_hi_pct: float
+    energy_saved_vs_default_pct: float = float("nan")
+    energy_saved_vs_default_lo_pct: float = float("nan")
+    energy_saved_vs_default_hi_pct: float = float("nan")
+    slowdown_vs_default_pct: float = float("nan")
+    slowdown_vs_default_lo_pct: float = float("nan")
+    slowdown_vs_default_hi_pct: float = float("nan")
     runs_at_choice: int = 0
+    runs_at_reference: int = 0
+    uncertainty: str = ""
+    excluded_rows: int = 0
+    excluded: str = ""
+    data_problems: str = ""
+    summary: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def choose_clock(table: pd.DataFrame, workload: str, objective: str = "edp",
-                 max_slowdown: float | None = 0.05) -> Choice:
-    """The best measured clock of one workload (rows of ``features.feature_table``)."""
-    rows = table[(table["workload"] == workload) & ~table["is_default_clock"].astype(bool)]
-    if rows.empty:
-        raise DataError(f"workload {workload!r} has no locked-clock runs")
-    ref = rows.loc[rows["sm_clock_mhz"].idxmax()]
-    cand = rows
+def _saved(ratio: tuple[float, float, float]) -> tuple[float, float, float]:
+    """A ratio (value, lo, hi) as percent saved (value, lo, hi): 1 - ratio, the ends swap."""
+    r, lo, hi = ratio
+    return (1 - r) * 100, (1 - hi) * 100, (1 - lo) * 100
+
+
+def _slower(ratio: tuple[float, float, float]) -> tuple[float, float, float]:
+    r, lo, hi = ratio
+    return (r - 1) * 100, (lo - 1) * 100, (hi - 1) * 100
+
+
+def _ratio(a: pd.Series, b: pd.Series, metric: str) -> tuple[float, float, float]:
+    return ratio_interval(a[f"{metric}_mean"], a[f"{metric}_std"], a["n_runs"], b[f"{metric}_mean"],
+                          b[f"{metric}_std"], b["n_runs"])
+
+
+def _exclusion_text(rows: pd.DataFrame) -> tuple[int, str]:
+    """How many runs and clocks were left out of one workload, and why ("outlier: 2 clocks; ...")."""
+    parts, total = [], 0
+    clocks = rows[(rows["excluded"].fillna("") != "") & (rows["n_runs"] > 0)]
+    for reason, n in clocks["excluded"].value_counts().sort_index().items():
+        parts.append(f"{reason}: {n} clock{'s' * (n > 1)}")
+        total += int(clocks.loc[clocks["excluded"] == reason, "n_runs"].sum())
+    if "excluded_runs" in rows:
+        counts: dict[str, int] = {}
+        for text in rows["excluded_runs"].dropna():
+            for item in str(text).split("; "):
+                reason, _, n = item.rpartition(":")
+                counts[reason] = counts.get(reason, 0) + int(n)
+        for reason, n in sorted(counts.items()):
+            parts.append(f"{reason}: {n} run{'s' * (n > 1)}")
+            total += n
+    return total, "; ".join(parts)
+
+
+def smooth_curves(clocks_mhz, time_s, power_w, weights=None) -> tuple[np.ndarray, np.ndarray]:
+    """Time and power at ``clocks_mhz`` on smoothed curves of log time and log power vs log clock.
+
+    A penalised (second-difference) smoother whose strength is chosen by generalised cross-validation,
+    so the curve follows a real knee (the reference data's memory-bound apps stop speeding up above
+    ~900 MHz, which ``T = a + b/f`` cannot follow) but not one run's noise (NAMD's neighbouring
+    clocks scatter by +-4 %). Runs per clock weight the points.
+    """
+    x = np.log(np.asarray(clocks_mhz, float))
+    w = np.ones_like(x) if weights is None else np.maximum(np.asarray(weights, float), 1e-9)
+    return tuple(np.exp(_gcv_smooth(x, np.log(np.asarray(y, float)), w)) for y in (time_s, power_w))
+
+
+def _gcv_smooth(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Whittaker smoother on irregular ``x``: argmin sum w (y - s)^2 + lam |D2 s|^2, lam by GCV.
+
+    One eigendecomposition serves every ``lam`` of the search, so a workload costs milliseconds.
+    """
+    order = np.argsort(x)
+    xs, ys, ws = x[order], y[order], w[order]
+    n = len(xs)
+    xs = (xs - xs[0]) / max(xs[-1] - xs[0], 1e-12)
+    h = np.diff(xs)
+    d = np.zeros((n - 2, n))
+    for i in range(n - 2):
+        a, b = h[i], h[i + 1]
+        d[i, i:i + 3] = 2 * np.array([1 / (a * (a + b)), -1 / (a * b), 1 / (b * (a + b))])
+    sw = np.sqrt(ws)
+    m = (d / sw).T @ (d / sw)
+    eig, u = np.linalg.eigh(m)
+    eig = np.clip(eig, 0, None)
+    z = u.T @ (sw * ys)
+    best, best_gcv = ys, np.inf
+    for lam in np.logspace(-12, 2, 57):
+        shrink = 1 / (1 + lam * eig)
+        fit = (u @ (shrink * z)) / sw
+        dof = shrink.sum()
+        gcv = n * np.sum(ws * (ys - fit) ** 2) / max(n - dof, 1e-9) ** 2
+        if gcv < best_gcv:
+            best, best_gcv = fit, gcv
+    out = np.empty(n)
+    out[order] = best
+    return out
+
+
+def _fitted_optimum(valid: pd.DataFrame, objective: str, max_slowdown: float | None) -> float:
+    """The clock (among ``valid``'s) that minimises the objective on the smoothed T(f), P(f) curves."""
+    if valid["sm_clock_mhz"].nunique() < 5:
+        return float("nan")
+    f = valid["sm_clock_mhz"].to_numpy(float)
+    t, p = smooth_curves(f, valid["time_s_mean"], valid["power_w_mean"], valid["n_runs"])
+    score = objective_value(t * p, t, objective)
     if max_slowdown is not None:
-        cand = rows[rows["time_s_mean"] <= ref["time_s_mean"] * (1 + max_slowdown)]
-    score = objective_value(cand["energy_j_mean"], cand["time_s_mean"], objective)
-    best = cand.loc[score.idxmin()]
-    e_b, e_r = best["energy_j_mean"], ref["energy_j_mean"]
-    s_b, s_r = best.get("energy_j_std", 0.0), ref.get("energy_j_std", 0.0)
-    saved_std = np.sqrt((s_b / e_r) ** 2 + (e_b * s_r / e_r**2) ** 2) * 100
-    choice = Choice(workload, objective, max_slowdown, float(best["sm_clock_mhz"]), float(ref["sm_clock_mhz"]),
-                    float(e_b), float(best["time_s_mean"]), float((1 - e_b / e_r) * 100), float(saved_std),
-                    float((best["time_s_mean"] / ref["time_s_mean"] - 1) * 100), runs_at_choice=int(best["n_runs"]))
-    default = default_clock_row(table, workload)
-    if default is not None:
-        choice.energy_saved_vs_default_pct = float((1 - e_b / default["energy_j_mean"]) * 100)
-        choice.slowdown_vs_default_pct = float((best["time_s_mean"] / default["time_s_mean"] - 1) * 100)
+        score = np.where(t <= t[np.argmax(f)] * (1 + max_slowdown), score, np.inf)
+    return float(f[int(np.argmin(score))])
+
+
+@threadpool_limits.wrap(limits=1)  # small matrices: extra BLAS threads only contend on a small or busy node
+def choose_clock(table: pd.DataFrame, workload: str, objective: str = "edp", max_slowdown: float | None = 0.05,
+                 choose_on: str = "measured") -> Choice:
+    """The clock to use for one workload (rows of ``features.feature_table``).
+
+    ``choose_on="fit"`` picks the optimum of the fitted curves instead of the best single mean, for
+    sweeps whose neighbouring clocks scatter more than the differences between them.
+    """
+    return _choose(table[table["workload"] == workload], workload, objective, max_slowdown, choose_on)
+
+
+def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: float | None, choose_on: str) -> Choice:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
+    if choose_on not in ("measured", "fit"):
+        raise ValueError(f"choose_on must be 'measured' or 'fit', not {choose_on!r}")
+    n_excl, excl_text = _exclusion_text(rows)
+    valid = rows[usable_mask(rows) & (rows["n_runs"] > 0)]
+    if valid.empty:
+        raise DataError(f"workload {workload!r} has no usable locked-clock run"
+                        + (f" ({excl_text})" if excl_text else ""))
+    ref = valid.loc[valid["sm_clock_mhz"].idxmax()]
+    score_col = SCORE_COLUMN[objective]
+    s_all, lo_all, hi_all = _slower(ratio_interval(valid["time_s_mean"], valid["time_s_std"], valid["n_runs"],
+                                                   ref["time_s_mean"], ref["time_s_std"], ref["n_runs"]))
+    slow = dict(zip(valid.index, zip(s_all, lo_all, hi_all, strict=True), strict=True))
+    # A lower clock "faster" than the reference beyond the noise: the data is wrong somewhere.
+    scatter = float(valid["time_s_scatter"].iloc[0]) if "time_s_scatter" in valid else float("nan")
+    single_noise = 100 * max(SINGLE_RUN_SIGMAS * np.nan_to_num(scatter, nan=0.0), 2 * FASTER_FLOOR)
+    faster = [i for i, (s, lo, hi) in slow.items()
+              if s < -100 * FASTER_FLOOR and (hi < 0 if np.isfinite(hi) else s < -single_noise)]
+    problems = []
+    if faster:
+        worst = min(faster, key=lambda i: slow[i][0])
+        problems.append(f"{len(faster)} lower clock(s) faster than the reference {ref['sm_clock_mhz']:.0f} MHz beyond "
+                        f"the noise (up to {-slow[worst][0]:.1f} % at {valid.loc[worst, 'sm_clock_mhz']:.0f} MHz): "
+                        "a cold or throttled reference run, or locks that did not apply; left out")
+    cand = valid.drop(index=faster)
+    if max_slowdown is not None:
+        cap = 100 * max_slowdown
+        cand = cand[[(hi if np.isfinite(hi) else s) <= cap for s, _, hi in (slow[i] for i in cand.index)]]
+    best = cand.loc[cand[score_col].idxmin()]
+    fitted = _fitted_optimum(valid.drop(index=faster), objective, max_slowdown)
+    chosen = best
+    if choose_on == "fit" and np.isfinite(fitted) and fitted in set(cand["sm_clock_mhz"]):
+        chosen = cand[cand["sm_clock_mhz"] == fitted].iloc[0]
+    obj_ratio = _ratio(chosen, ref, score_col.removesuffix("_mean"))
+    known = bool(min(chosen["n_runs"], ref["n_runs"]) >= 2)
+    same = chosen["sm_clock_mhz"] == ref["sm_clock_mhz"]
+    if same:
+        verdict = "reference is best"
+    elif not known:
+        verdict = "uncertainty unknown"
+    elif _saved(obj_ratio)[1] > 0:
+        verdict = "saving"
+    else:
+        verdict = "no significant saving"
+    pick = ref if verdict == "no significant saving" else chosen
+    e_sv, t_sl, o_sv = _saved(_ratio(pick, ref, "energy_j")), _slower(_ratio(pick, ref, "time_s")), _saved(
+        _ratio(pick, ref, score_col.removesuffix("_mean")))
+    choice = Choice(
+        workload=workload, gpu=str(ref["gpu"]), objective=objective, max_slowdown=max_slowdown,
+        clock_mhz=float(pick["sm_clock_mhz"]), verdict=verdict,
+        chosen_on="fit" if chosen is not best else "measured", best_measured_mhz=float(best["sm_clock_mhz"]),
+        fitted_mhz=fitted, reference_clock_mhz=float(ref["sm_clock_mhz"]), energy_j=float(pick["energy_j_mean"]),
+        time_s=float(pick["time_s_mean"]), energy_saved_pct=e_sv[0], energy_saved_lo_pct=e_sv[1],
+        energy_saved_hi_pct=e_sv[2], slowdown_pct=t_sl[0], slowdown_lo_pct=t_sl[1], slowdown_hi_pct=t_sl[2],
+        objective_saved_pct=o_sv[0], objective_saved_lo_pct=o_sv[1], objective_saved_hi_pct=o_sv[2],
+        runs_at_choice=int(pick["n_runs"]), runs_at_reference=int(ref["n_runs"]),
+        uncertainty="95 % t-interval over runs" if known else "unknown (one run per clock)",
+        excluded_rows=n_excl, excluded=excl_text, data_problems="; ".join(problems))
+    default = rows[rows["is_default_clock"].astype(bool) & (rows["n_runs"] > 0)]
+    if len(default):
+        d = default.iloc[0]
+        e_d, t_d = _saved(_ratio(pick, d, "energy_j")), _slower(_ratio(pick, d, "time_s"))
+        (choice.energy_saved_vs_default_pct, choice.energy_saved_vs_default_lo_pct,
+         choice.energy_saved_vs_default_hi_pct) = e_d
+        choice.slowdown_vs_default_pct, choice.slowdown_vs_default_lo_pct, choice.slowdown_vs_default_hi_pct = t_d
+    choice.summary = summarise(choice)
     return choice
 
 
-def choose_all(table: pd.DataFrame, objective: str = "edp", max_slowdown: float | None = 0.05) -> pd.DataFrame:
+def _pm(value: float, lo: float, hi: float) -> str:
+    """``12.3 % [10.1, 14.2]`` or ``12.3 % [interval unknown]``."""
+    if not np.isfinite(lo):
+        return f"{value:.1f} % [interval unknown: one run]"
+    return f"{value:.1f} % [{lo:.1f}, {hi:.1f}]"
+
+
+def summarise(c: Choice) -> str:
+    """One or two sentences a reader can act on: which clock and why, or that the data cannot tell."""
+    cap = "" if c.max_slowdown is None else f" at <= {100 * c.max_slowdown:.0f} % slowdown"
+    name = {"energy": "energy", "edp": "EDP", "ed2p": "ED²P"}[c.objective]
+    if c.verdict == "no significant saving":
+        text = (f"{c.workload}: no significant {name} saving{cap}; keep {c.reference_clock_mhz:.0f} MHz (the best "
+                f"measured clock, {c.best_measured_mhz:.0f} MHz, is within the run-to-run noise of the reference).")
+    elif c.verdict == "reference is best":
+        text = f"{c.workload}: keep {c.reference_clock_mhz:.0f} MHz; no lower clock lowers {name}{cap}."
+    else:
+        text = (f"{c.workload}: use {c.clock_mhz:.0f} MHz for minimum {name}{cap}: energy saved "
+                f"{_pm(c.energy_saved_pct, c.energy_saved_lo_pct, c.energy_saved_hi_pct)}, slowdown "
+                f"{_pm(c.slowdown_pct, c.slowdown_lo_pct, c.slowdown_hi_pct)} vs {c.reference_clock_mhz:.0f} MHz")
+        if np.isfinite(c.energy_saved_vs_default_pct):
+            text += (f"; vs the default clock: energy saved {_pm(c.energy_saved_vs_default_pct, c.energy_saved_vs_default_lo_pct, c.energy_saved_vs_default_hi_pct)}"  # noqa: E501
+                     f", slowdown {_pm(c.slowdown_vs_default_pct, c.slowdown_vs_default_lo_pct, c.slowdown_vs_default_hi_pct)}")  # noqa: E501
+        text += "."
+        if c.verdict == "uncertainty unknown":
+            text += " One run per clock: the uncertainty is unknown; repeat runs (--num-runs 3) to know it."
+    if np.isfinite(c.fitted_mhz) and c.fitted_mhz != c.clock_mhz:
+        text += f" The fitted curve's optimum is {c.fitted_mhz:.0f} MHz."
+    if c.excluded:
+        text += f" Left out: {c.excluded}."
+    if c.data_problems:
+        text += f" Data problem: {c.data_problems}."
+    return text
+
+
+@threadpool_limits.wrap(limits=1)
+def choose_all(table: pd.DataFrame, objective: str = "edp", max_slowdown: float | None = 0.05,
+               choose_on: str = "measured") -> pd.DataFrame:
+    """One ``Choice`` row per workload that has locked-clock rows."""
     locked = table[~table["is_default_clock"].astype(bool)]
-    return pd.DataFrame([choose_clock(table, wl, objective, max_slowdown).to_dict()
-                         for wl in sorted(locked["workload"].unique())])
+    names = set(locked["workload"])
+    return pd.DataFrame([_choose(rows, wl, objective, max_slowdown, choose_on).to_dict()
+                         for wl, rows in table.groupby("workload", sort=True) if wl in names])
 
 
-# --------------------------------------------------------------------------- guided mode
-
-def _curve_table(probe_max: pd.Series, clocks: np.ndarray, activity_cols: list[str]) -> pd.DataFrame:
-    """Rows for every candidate clock of a workload known only by its max-clock probe."""
-    fmax = float(probe_max["sm_clock_mhz"])
-    df = pd.DataFrame({"sm_clock_mhz": clocks, "f_rel": clocks / fmax})
-    df["power_w_at_max"] = probe_max["power_w_mean"]
-    df["time_s_at_max"] = probe_max["time_s_mean"]
-    for col in activity_cols:
-        df[col] = probe_max.get(col.removesuffix("_at_max"), np.nan)
-    return df
-
+# --------------------------------------------------------------------------- guided search
 
 def _tilted(hat: np.ndarray, log_f_rel: np.ndarray, probe_idx: list[int], measured: np.ndarray) -> np.ndarray:
     """``hat`` times ``(f/f_max)**g``, with ``g`` the least-squares fit of the probes' log ratio.
@@ -107,55 +348,183 @@ def _tilted(hat: np.ndarray, log_f_rel: np.ndarray, probe_idx: list[int], measur
     return hat * np.exp(g * log_f_rel)
 
 
-def guided_choice(measure, clocks: list[int], cross_model, objective: str = "edp", k: int = 4,
-                  max_slowdown: float | None = None, min_gap: float = 0.05) -> dict:
-    """Choose a clock from ``k`` probe runs.
+@dataclass
+class Probe:
+    """What was measured at one probe clock: per-run time and energy, and the workload's features there."""
 
-    ``measure(clock) -> pd.Series`` with ``sm_clock_mhz, power_w_mean, time_s_mean`` and activity
-    columns (a real run, or a row of recorded data). The first probe is the max clock; from it the
-    cross-workload model predicts power and time at every clock. Each further probe goes to the
-    optimum of that prediction tilted to fit the probes measured so far (at least ``min_gap *
-    f_max`` from every earlier probe, so each run adds information beyond noise); the best
-    *measured* probe is the choice. On the reference data this sequential search beats fixed probes
-    at the predicted optimum and +-12 % around it (EDP regret 1.7 % vs 1.8 % mean, 3.9 % vs 5.7 % p90)
-    and holds for any gap from 0 to 9 % of f_max (docs/BENCHMARKS.md).
+    clock_mhz: float
+    time_s: np.ndarray
+    energy_j: np.ndarray
+    features: Mapping
+
+    @property
+    def power_w(self) -> float:
+        return float(self.energy_j.sum() / self.time_s.sum())
+
+    def stats(self, name: str) -> tuple[float, float, int]:
+        """Mean, std and count over runs of ``time_s``, ``energy_j`` or an objective (energy, edp, ed2p)."""
+        values = self.time_s if name == "time_s" else objective_value(self.energy_j, self.time_s,
+                                                                      "energy" if name == "energy_j" else name)
+        n = len(values)
+        return float(values.mean()), float(values.std(ddof=1)) if n > 1 else float("nan"), n
+
+
+class GuidedSearch:
+    """Sequential probe planner: ``next_clock()`` / ``observe(...)`` until ``next_clock()`` is None.
+
+    The first probe is the max clock; from it the cross-workload model predicts power and time at
+    every clock. Each further probe goes to the optimum of that prediction tilted to fit the probes
+    so far (at least ``min_gap * f_max`` from every earlier probe, so each run adds information
+    beyond noise). The search stops after ``max_probes``, or earlier when ``stop_gain`` is set and
+    the next probe's predicted objective is not below the best measured one by more than
+    ``stop_gain`` plus the best probe's own relative noise. The choice is the best *measured* probe.
+    On the reference data this sequential search beats fixed probes at the predicted optimum and
+    +-12 % around it (EDP regret 1.7 % vs 1.8 % mean, 3.9 % vs 5.7 % p90; docs/BENCHMARKS.md).
     """
-    clocks_arr = np.array(sorted(clocks, reverse=True), dtype=float)
-    fmax = clocks_arr[0]
-    probes = {fmax: measure(int(fmax))}
-    curve = _curve_table(probes[fmax], clocks_arr, cross_model.activity_names_)
-    p_hat, t_hat = cross_model.predict_power(curve), cross_model.predict_time(curve)
-    log_f_rel = np.log(clocks_arr / fmax)
 
-    def score(p, t, t_ref):
-        value = objective_value(p * t, t, objective)
-        return value if max_slowdown is None else np.where(t <= t_ref * (1 + max_slowdown), value, np.inf)
+    def __init__(self, clocks: Sequence[float], cross_model, objective: str = "edp", max_probes: int = 4,
+                 max_slowdown: float | None = None, min_gap: float = 0.05, stop_gain: float | None = None):
+        if objective not in OBJECTIVES:
+            raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
+        self.clocks = np.array(sorted({float(c) for c in clocks}, reverse=True))
+        self.model = cross_model
+        self.objective = objective
+        self.max_probes = max_probes
+        self.max_slowdown = max_slowdown
+        self.min_gap = min_gap
+        self.stop_gain = stop_gain
+        self.probes: dict[float, Probe] = {}
+        self.stop_reason = ""
+        self._hat: tuple[np.ndarray, np.ndarray] | None = None
 
-    predicted = score(p_hat, t_hat, t_hat[0])
-    while len(probes) < k:
-        idx = [int(np.flatnonzero(clocks_arr == f)[0]) for f in probes if f != fmax]
-        p_c = _tilted(p_hat, log_f_rel, idx, np.array([probes[clocks_arr[i]]["power_w_mean"] for i in idx]))
-        t_c = _tilted(t_hat, log_f_rel, idx, np.array([probes[clocks_arr[i]]["time_s_mean"] for i in idx]))
-        far = [i for i in np.argsort(score(p_c, t_c, t_c[0]), kind="stable")
-               if all(abs(clocks_arr[i] - f) >= min_gap * fmax and clocks_arr[i] != f for f in probes)]
+    @property
+    def fmax(self) -> float:
+        return float(self.clocks[0])
+
+    def _score(self, p, t, t_ref):
+        value = objective_value(p * t, t, self.objective)
+        if self.max_slowdown is None:
+            return value
+        return np.where(np.asarray(t) <= t_ref * (1 + self.max_slowdown), value, np.inf)
+
+    def _curve_inputs(self, probe: Probe) -> pd.DataFrame:
+        """Rows for every candidate clock of a workload known only by its max-clock probe."""
+        df = pd.DataFrame({"sm_clock_mhz": self.clocks, "f_rel": self.clocks / self.fmax})
+        df["power_w_at_max"] = probe.power_w
+        df["time_s_at_max"] = float(probe.time_s.mean())
+        for name in getattr(self.model, "feature_names_", []) + list(getattr(self.model, "activity_names_", [])):
+            if name.endswith("_at_max") and name not in df:
+                base = name.removesuffix("_at_max")
+                df[name] = probe.features.get(name, probe.features.get(base, np.nan))
+        if "power_tdp_at_max" in df and df["power_tdp_at_max"].isna().all() and "tdp_w" in probe.features:
+            df["power_tdp_at_max"] = probe.power_w / float(probe.features["tdp_w"])
+        return df
+
+    def predicted(self) -> tuple[np.ndarray, np.ndarray]:
+        """Power and time at every clock: the model's curve tilted to the probes measured so far."""
+        if self._hat is None:
+            raise RuntimeError("observe the max clock first")
+        p_hat, t_hat = self._hat
+        log_f_rel = np.log(self.clocks / self.fmax)
+        idx = [int(np.flatnonzero(self.clocks == f)[0]) for f in self.probes if f != self.fmax]
+        p = _tilted(p_hat, log_f_rel, idx, np.array([self.probes[self.clocks[i]].power_w for i in idx]))
+        t = _tilted(t_hat, log_f_rel, idx, np.array([self.probes[self.clocks[i]].time_s.mean() for i in idx]))
+        return p, t
+
+    def next_clock(self) -> float | None:
+        if self.fmax not in self.probes:
+            return self.fmax
+        if len(self.probes) >= self.max_probes:
+            self.stop_reason = f"{self.max_probes} probes measured"
+            return None
+        p, t = self.predicted()
+        score = self._score(p, t, t[0])
+        far = [i for i in np.argsort(score, kind="stable")
+               if np.isfinite(score[i]) and all(abs(self.clocks[i] - f) >= self.min_gap * self.fmax for f in self.probes)]
         if not far:
-            break
-        probes[clocks_arr[far[0]]] = measure(int(clocks_arr[far[0]]))
-    fp = np.array(sorted(probes))
-    meas_p = np.array([probes[f]["power_w_mean"] for f in fp])
-    meas_t = np.array([probes[f]["time_s_mean"] for f in fp])
-    choice = fp[int(np.argmin(score(meas_p, meas_t, meas_t[fp == fmax][0])))]
-    return {"clock_mhz": float(choice), "predicted_clock_mhz": float(clocks_arr[int(np.argmin(predicted))]),
-            "probes_mhz": [float(f) for f in fp],
-            "measured_power_w": float(meas_p[fp == choice][0]), "measured_time_s": float(meas_t[fp == choice][0])}
+            self.stop_reason = "no unprobed clock left at the minimum gap"
+            return None
+        nxt = far[0]
+        if self.stop_gain is not None:
+            best = self.best()
+            mean, std, n = best.stats(self.objective)
+            noise = (std / mean / np.sqrt(n)) if n > 1 and np.isfinite(std) else 0.0
+            if score[nxt] >= self._measured_score(best) * (1 - self.stop_gain - 2 * noise):
+                self.stop_reason = (f"the next probe ({self.clocks[nxt]:.0f} MHz) is predicted to improve "
+                                    f"{self.objective} by less than the noise")
+                return None
+        return float(self.clocks[nxt])
+
+    def observe(self, clock: float, time_s: Sequence[float], energy_j: Sequence[float],
+                features: Mapping | None = None) -> None:
+        """Record one probe's runs (work time and energy per run; several runs give an interval)."""
+        clock = float(clock)
+        if clock not in self.clocks:
+            raise ValueError(f"{clock} MHz is not one of the candidate clocks")
+        self.probes[clock] = Probe(clock, np.asarray(time_s, float), np.asarray(energy_j, float), dict(features or {}))
+        if clock == self.fmax:
+            curve = self._curve_inputs(self.probes[clock])
+            self._hat = (np.asarray(self.model.predict_power(curve)), np.asarray(self.model.predict_time(curve)))
+
+    def _measured_score(self, probe: Probe) -> float:
+        ref_t = self.probes[self.fmax].time_s.mean()
+        return float(self._score(probe.power_w, probe.time_s.mean(), ref_t))
+
+    def best(self) -> Probe:
+        return min(self.probes.values(), key=lambda pr: (self._measured_score(pr), -pr.clock_mhz))
+
+    def result(self) -> dict:
+        """The choice (best measured probe), its interval against the max clock, and prediction errors."""
+        best, ref = self.best(), self.probes[self.fmax]
+        p, t = self.predicted()
+        p0, t0 = self._hat
+        at = {float(f): i for i, f in enumerate(self.clocks)}
+        obj = self.objective
+        e_sv = _saved(ratio_interval(*best.stats("energy_j"), *ref.stats("energy_j")))
+        t_sl = _slower(ratio_interval(*best.stats("time_s"), *ref.stats("time_s")))
+        o_sv = _saved(ratio_interval(*best.stats(obj), *ref.stats(obj)))
+        errors = []
+        for f, pr in sorted(self.probes.items(), reverse=True):
+            i = at[f]
+            errors.append({"clock_mhz": f, "runs": len(pr.time_s), "measured_power_w": pr.power_w,
+                           "measured_time_s": float(pr.time_s.mean()), "predicted_power_w": float(p0[i]),
+                           "predicted_time_s": float(t0[i]),
+                           "error_power_pct": 100 * (p0[i] / pr.power_w - 1),
+                           "error_time_pct": 100 * (t0[i] / pr.time_s.mean() - 1),
+                           "error_energy_pct": 100 * (p0[i] * t0[i] / pr.energy_j.mean() - 1)})
+        model_only = self._score(p0, t0, t0[0])
+        extrapolation = getattr(self.model, "extrapolation", None)
+        return {"objective": self.objective, "max_slowdown": self.max_slowdown, "clock_mhz": best.clock_mhz,
+                "reference_clock_mhz": self.fmax, "predicted_clock_mhz": float(self.clocks[int(np.argmin(model_only))]),
+                "corrected_clock_mhz": float(self.clocks[int(np.argmin(self._score(p, t, t[0])))]),
+                "probes_mhz": sorted(self.probes), "stop_reason": self.stop_reason,
+                "measured_power_w": best.power_w, "measured_time_s": float(best.time_s.mean()),
+                "energy_saved_pct": e_sv[0], "energy_saved_lo_pct": e_sv[1], "energy_saved_hi_pct": e_sv[2],
+                "slowdown_pct": t_sl[0], "slowdown_lo_pct": t_sl[1], "slowdown_hi_pct": t_sl[2],
+                "objective_saved_pct": o_sv[0], "objective_saved_lo_pct": o_sv[1], "objective_saved_hi_pct": o_sv[2],
+                "prediction_errors": errors,
+                "extrapolation": extrapolation(self._curve_inputs(ref)) if callable(extrapolation) else []}
+
+
+def guided_choice(measure: Callable[[int], pd.Series], clocks: list[int], cross_model, objective: str = "edp",
+                  k: int = 4, max_slowdown: float | None = None, min_gap: float = 0.05,
+                  stop_gain: float | None = None) -> dict:
+    """Run ``GuidedSearch`` with ``measure(clock) -> row`` (``power_w_mean``, ``time_s_mean`` and the
+    workload's activity columns): a real run, or a row of recorded data."""
+    search = GuidedSearch(clocks, cross_model, objective, k, max_slowdown, min_gap, stop_gain)
+    while (f := search.next_clock()) is not None:
+        row = measure(int(f))
+        t = float(row["time_s_mean"])
+        search.observe(f, [t], [float(row["power_w_mean"]) * t], row.to_dict() if hasattr(row, "to_dict") else row)
+    return search.result()
 
 
 def evaluate_guided(table: pd.DataFrame, make_cross_model, objective: str = "edp", k: int = 4,
                     max_slowdown: float | None = None, fitted: dict | None = None, min_gap: float = 0.05) -> pd.DataFrame:
     """Leave-one-workload-out regret of the guided choice against the best measured clock.
 
-    Outlier rows (``features.flag_outliers``) are left out of the truth as of the fits, so a
-    counter glitch at one clock cannot pose as the optimum.
+    Screened-out rows (``features``) are left out of the truth as of the fits, so a counter glitch
+    at one clock cannot pose as the optimum.
     """
     from .models import fit_held_out, usable
 
