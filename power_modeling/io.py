@@ -110,6 +110,7 @@ def load_results_dir(path: Path) -> pd.DataFrame:
         "images": df.get("images", pd.Series([np.nan] * len(df))).values,
         "idle_power_w": df.get("idle_power_w", pd.Series([np.nan] * len(df))).values,
         "flops_per_image": df.get("flops_per_image", pd.Series([np.nan] * len(df))).values,
+        "phase_energy_json": df.get("phase_energy_json", pd.Series([None] * len(df), index=df.index)).values,
         "slurm_job": (manifest.get("slurm") or {}).get("SLURM_JOB_ID"),
         "slurm_array_task": (manifest.get("slurm") or {}).get("SLURM_ARRAY_TASK_ID"),
     })

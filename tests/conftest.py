@@ -43,3 +43,18 @@ def run_py(*args: str, env: dict | None = None, timeout: float = 300, cwd: Path 
 
 def requires_reference():
     return pytest.mark.skipif(not REFERENCE.exists(), reason=f"reference data not found at {REFERENCE}")
+
+
+FAKE_APP = str(REPO / "tests" / "data" / "fake_app.py")
+
+
+@pytest.fixture(scope="session")
+def sim_results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sim") / "res"
+    env = {"PROFILING_SIMULATED_DIR": str(out.parent / "gpu"), "PROFILING_LOCK_DIR": str(out.parent / "locks")}
+    p = run_py("-m", "profiling.launch", "--profiling-tool", "simulated", "--gpu-type", "H100", "--profiling-mode",
+               "custom", "--custom-frequencies", "1785,1590,1395,1200,990,795", "--num-runs", "2",
+               "--sleep-interval", "0", "--idle-seconds", "0.1", "--sampling-interval", "10", "--app-executable", FAKE_APP,
+               "--app-params", "ok 0.4", "--output-dir", str(out), env=env)
+    assert p.returncode == 0, p.stderr
+    return out
