@@ -16,18 +16,24 @@ many rows were left out and why.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
 from .io import ACTIVITY, DataError
 
 GROUP = ["workload", "gpu", "sm_clock_mhz"]
+# A default-clock run reports the clock it ran at, which may equal a locked clock: it never pools with it.
+KEY = [*GROUP, "is_default_clock"]
 METRICS = ["time_s", "power_w", "energy_j", "energy_per_image_j", "edp", "ed2p"]
 CV_FLAG = 0.10
 
 COLD_START_FACTOR = 1.3   # a first run this much slower than its warm repeats is a cold start
 REPEAT_SIGMAS = 6.0       # a repeat this many pooled robust sigmas off its clock's median is bad...
 REPEAT_FLOOR = 0.10       # ...and at least this far off (log), so a quiet workload keeps its 3 % wobble
+# d log x / d log f: run time T = a + b/f falls at most like 1/f; power P = c + d f + e f^3 rises at most like f^3.
+PHYSICAL_SLOPES = {"power_w_mean": (0.0, 3.0), "time_s_mean": (-1.0, 0.0)}
 
 
 def feature_table(runs: pd.DataFrame, gpu: str | None = None) -> pd.DataFrame:
@@ -37,6 +43,9 @@ def feature_table(runs: pd.DataFrame, gpu: str | None = None) -> pd.DataFrame:
     mismatch:2") describe the run screening; ``excluded`` is the clock-level verdict ("" = usable).
     """
     runs = select_gpu(runs, gpu)
+    if "is_default_clock" not in runs:
+        runs = runs.assign(is_default_clock=False)
+    runs = runs.assign(is_default_clock=runs["is_default_clock"].fillna(False).astype(bool))
     runs = runs.assign(excluded=flag_runs(runs), edp=runs["energy_j"] * runs["time_s"],
                        ed2p=runs["energy_j"] * runs["time_s"] ** 2)
     kept = runs[runs["excluded"] == ""]
@@ -47,16 +56,13 @@ def feature_table(runs: pd.DataFrame, gpu: str | None = None) -> pd.DataFrame:
     for col in ("achieved_tflops", "mfu", *[c for c in ACTIVITY if c in runs]):
         if col in runs:
             agg[col] = (col, "mean")
-    for col in [c for c in runs.columns if c.startswith("app_")] + ["is_default_clock", "synthetic", "backend",
-                                                                     "flops_per_image", "idle_power_w"]:
+    for col in [c for c in runs.columns if c.startswith("app_")] + ["synthetic", "backend", "flops_per_image",
+                                                                     "idle_power_w"]:
         if col in runs:
             agg[col] = (col, "first")
-    table = kept.groupby(GROUP, dropna=False).agg(**agg).reset_index()
-    table = table.merge(_exclusion_counts(runs), on=GROUP, how="outer")
+    table = kept.groupby(KEY, dropna=False).agg(**agg).reset_index()
+    table = table.merge(_exclusion_counts(runs), on=KEY, how="outer")
     table["n_runs"] = table["n_runs"].fillna(0).astype(int)
-    if "is_default_clock" in runs:
-        first = runs.groupby(GROUP, dropna=False)["is_default_clock"].first().reset_index()
-        table = table.drop(columns="is_default_clock").merge(first, on=GROUP, how="left")
     for m in METRICS:
         table[f"{m}_std"] = table[f"{m}_std"].where(table["n_runs"] > 1)
         table[f"{m}_cv"] = table[f"{m}_std"] / table[f"{m}_mean"]
@@ -71,10 +77,10 @@ def feature_table(runs: pd.DataFrame, gpu: str | None = None) -> pd.DataFrame:
 def _exclusion_counts(runs: pd.DataFrame) -> pd.DataFrame:
     out = runs[runs["excluded"] != ""]
     if out.empty:
-        return pd.DataFrame(columns=[*GROUP, "n_excluded_runs", "excluded_runs"])
-    counts = out.groupby([*GROUP, "excluded"], dropna=False).size().rename("n").reset_index()
+        return pd.DataFrame(columns=[*KEY, "n_excluded_runs", "excluded_runs"]).astype({"is_default_clock": bool})
+    counts = out.groupby([*KEY, "excluded"], dropna=False).size().rename("n").reset_index()
     counts["text"] = counts["excluded"] + ":" + counts["n"].astype(str)
-    return counts.groupby(GROUP, dropna=False).agg(n_excluded_runs=("n", "sum"),
+    return counts.groupby(KEY, dropna=False).agg(n_excluded_runs=("n", "sum"),
                                                    excluded_runs=("text", "; ".join)).reset_index()
 
 
@@ -138,13 +144,13 @@ def flag_runs(runs: pd.DataFrame) -> pd.Series:
     order = live["sequence"] if "sequence" in live else pd.Series(np.arange(len(live)), index=live.index)
     job = [live["source"], live["workload"]] if "source" in live else [live["workload"]]
     first = order.groupby(job).transform("min") == order
-    key = [live[c] for c in GROUP]
+    key = [live[c] for c in KEY]
     warm_median = live["time_s"].where(~first).groupby(key, dropna=False).transform("median")
     cold = first & (live["time_s"] > COLD_START_FACTOR * warm_median).fillna(False)
     reason[cold[cold].index] = "cold start"
     # Bad repeat among 3+ remaining runs: robust to one bad value per clock.
     rest = live[~cold]
-    key = [rest[c] for c in GROUP]
+    key = [rest[c] for c in KEY]
     n = rest.groupby(key, dropna=False)["time_s"].transform("size")
     bad = pd.Series(False, index=rest.index)
     for col in ("time_s", "power_w"):
@@ -186,23 +192,23 @@ def flag_stuck_power(table: pd.DataFrame, min_clocks: int = 3) -> pd.Series:
     return flags
 
 
-def flag_outliers(table: pd.DataFrame, k: int = 4, n_sigma: float = 6.0, floor: float = 0.10) -> pd.Series:
+def flag_outliers(table: pd.DataFrame, n_sigma: float = 6.0, floor: float = 0.10) -> pd.Series:
     """Clocks whose power or time is far off the trend of their nearest clocks.
 
-    For each clock, a line is fitted (Theil-Sen, in log power or log time vs log clock) through the
-    ``k`` nearest *other* clocks and the clock's residual from it is compared with the workload's
-    own scatter of such residuals (1.4826 x MAD) times ``n_sigma``, never below ``floor`` (10 %).
-    A local line, unlike a median of neighbours, follows the curve, so the 8-10 clocks of a coarse
+    Each clock is compared (in log power and log time vs log clock) with what its nearest *other*
+    clocks predict (``_loo_residuals``), against the workload's own scatter of interpolation
+    residuals (1.4826 x MAD) times ``n_sigma``, never below ``floor`` (10 %).
+    Local lines, unlike a median of neighbours, follow the curve, so the 8-10 clocks of a coarse
     sweep are not flagged for being on a slope; leaving the clock out makes the rule see an isolated
     glitch (bfs at 1200 MHz: 57 W between 76 W neighbours), a lock that did not apply (a low clock
-    reading like the max), a clock whose every repeat was slow, and a cold reference run. Flagged
-    clocks stop serving as neighbours and every clock is judged again (up to 3 passes), so one
-    glitch cannot drag the line of the clock next to it.
+    reading like the max), a clock whose every repeat was slow, and a cold reference run. Clocks are
+    flagged one per pass, the worst first, and stop serving as neighbours, so one glitch cannot
+    drag the clock next to it out with it.
     """
-    return _outliers_and_scatter(table, k, n_sigma, floor)[0]
+    return _outliers_and_scatter(table, n_sigma, floor)[0]
 
 
-def _outliers_and_scatter(table: pd.DataFrame, k: int = 4, n_sigma: float = 6.0,
+def _outliers_and_scatter(table: pd.DataFrame, n_sigma: float = 6.0,
                           floor: float = 0.10) -> tuple[pd.Series, pd.Series]:
     flags = pd.Series(False, index=table.index)
     time_scatter = pd.Series(np.nan, index=table.index)
@@ -214,38 +220,77 @@ def _outliers_and_scatter(table: pd.DataFrame, k: int = 4, n_sigma: float = 6.0,
             continue
         g = g.sort_values("sm_clock_mhz")
         lf = np.log(g["sm_clock_mhz"].to_numpy(float))
-        ys = {c: np.log(g[c].where(g[c] > 0).to_numpy(float)) for c in ("power_w_mean", "time_s_mean")}
+        ys = {c: np.log(g[c].where(g[c] > 0).to_numpy(float)) for c in PHYSICAL_SLOPES}
         bad = np.zeros(len(g), bool)
         scatter = {}
-        for _ in range(3):
-            new = np.zeros(len(g), bool)
+        for _ in range(len(g) // 3):  # one clock per pass, the worst first: a glitch never drags its neighbour out
+            excess = np.zeros(len(g))
             for col, y in ys.items():
-                resid = y - _loo_local_line(lf, y, k, ~bad)
-                scatter[col] = 1.4826 * np.nanmedian(np.abs(resid[~bad] - np.nanmedian(resid[~bad])))
-                new |= np.nan_to_num(np.abs(resid)) > max(n_sigma * scatter[col], floor)
-            if (new == bad).all():
+                resid, noise, interior = _loo_residuals(lf, y, ~bad, PHYSICAL_SLOPES[col])
+                inner = noise[~bad & interior]
+                scatter[col] = 1.4826 * np.nanmedian(np.abs(inner - np.nanmedian(inner))) if len(inner) >= 3 else 0.0
+                excess = np.maximum(excess, np.nan_to_num(np.abs(resid)) / max(n_sigma * scatter[col], floor))
+            excess[bad] = 0
+            worst = int(np.argmax(excess))
+            if excess[worst] <= 1:
                 break
-            bad = new
+            bad[worst] = True
         flags.loc[g.index] = bad
         time_scatter[(table["workload"] == wl) & (table["gpu"] == gpu)] = scatter["time_s_mean"]
     return flags, time_scatter
 
 
-def _loo_local_line(x: np.ndarray, y: np.ndarray, k: int, usable: np.ndarray) -> np.ndarray:
-    """At each x[i], the Theil-Sen line through the k nearest other usable points, evaluated at x[i]."""
-    k = min(k, int(usable.sum()) - 1)
-    dist = np.abs(x[:, None] - x[None, :])
-    dist[:, ~usable] = np.inf
-    np.fill_diagonal(dist, np.inf)
-    near = np.argsort(dist, axis=1, kind="stable")[:, :k]             # (n, k)
-    xa, ya = x[near], y[near]
-    i, j = np.triu_indices(k, 1)
-    dx = xa[:, i] - xa[:, j]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        slopes = np.where(dx != 0, (ya[:, i] - ya[:, j]) / dx, np.nan)
-    slope = np.nan_to_num(np.nanmedian(slopes, axis=1))
-    intercept = np.nanmedian(ya - slope[:, None] * xa, axis=1)
-    return intercept + slope * x
+def _loo_residuals(x: np.ndarray, y: np.ndarray, usable: np.ndarray,
+                   slopes: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each sorted clock's log deviation from what its usable neighbours allow.
+
+    Returns (residual, noise residual, interior). Inside the range, three local predictions are
+    made from the nearest usable clocks: the interpolation between the nearest on each side, and
+    the lines through the two nearest on the left and on the right, extrapolated; the residual is
+    the smallest of the three deviations, so one bad neighbour (a glitch next door, the cold max
+    clock) cannot make a good clock look bad, while a clock that disagrees with every neighbour
+    does. The interpolation residual alone measures the noise. At either end no line is
+    extrapolated: the nearest usable clock and the physical range of log-log slopes (``slopes``:
+    time falls at most like 1/f, power rises at most like f^3) bound where the end may lie, and the
+    residual is the distance outside that band. A coarse sweep's steep low end is then no outlier,
+    while a cold max-clock run (slower than the next clock) or a low clock reading like the max
+    (faster, hotter) still is.
+    """
+    idx = np.flatnonzero(usable)
+    n, m = len(x), len(idx)
+    at = np.arange(n)
+    pos = np.searchsorted(idx, at)                                  # first usable index >= i
+    right = pos + (idx[np.minimum(pos, m - 1)] == at)               # first usable index > i
+
+    def pick(j):
+        ok = (j >= 0) & (j < m)
+        return np.where(ok, idx[np.clip(j, 0, m - 1)], -1)
+
+    l2, l1, r1, r2 = pick(pos - 2), pick(pos - 1), pick(right), pick(right + 1)
+
+    def line(a, b):
+        ok = (a >= 0) & (b >= 0)
+        a, b = np.maximum(a, 0), np.maximum(b, 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            k = (y[b] - y[a]) / (x[b] - x[a])
+        return np.where(ok, y[a] + k * (x - x[a]), np.nan)
+
+    interior = (l1 >= 0) & (r1 >= 0)
+    interp = line(l1, r1)
+    preds = np.stack([interp, line(l2, l1), line(r1, r2)], axis=1)
+    dev = y[:, None] - preds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a clock with no usable neighbour
+        best = np.nanargmin(np.where(np.isnan(dev), np.inf, np.abs(dev)), axis=1)
+    resid = np.where(interior, dev[at, best], np.nan)
+    noise = np.where(interior, y - interp, np.nan)
+    nearest = np.where(l1 >= 0, l1, r1)                              # the one neighbour an end clock has
+    ends = ~interior & (nearest >= 0)
+    d = x[ends] - x[nearest[ends]]
+    lo = y[nearest[ends]] + np.minimum(slopes[0] * d, slopes[1] * d)
+    hi = y[nearest[ends]] + np.maximum(slopes[0] * d, slopes[1] * d)
+    resid[ends] = np.where(y[ends] > hi, y[ends] - hi, np.where(y[ends] < lo, y[ends] - lo, 0.0))
+    return resid, noise, interior
 
 
 # --------------------------------------------------------------------------- helpers

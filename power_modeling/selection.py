@@ -43,20 +43,30 @@ def objective_value(energy_j, time_s, objective: str):
     raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
 
 
-def ratio_interval(mean_a, std_a, n_a, mean_b, std_b, n_b, level: float = CONFIDENCE):
-    """``mean_a / mean_b`` with a t-based interval on its log (delta method, Welch degrees of freedom).
+def pooled_rel_var(cv, n) -> tuple[float, int]:
+    """Run-to-run relative variance pooled over clocks (weights n - 1), and its degrees of freedom.
+
+    DVFS changes the level of time and power, not much their run-to-run scatter, so the clocks of
+    one workload share one noise estimate: two runs at a clock then give a usable interval, where a
+    per-clock t with one degree of freedom (t = 12.7) would say nothing.
+    """
+    cv, n = np.asarray(cv, float), np.asarray(n, float)
+    ok = (n >= 2) & np.isfinite(cv)
+    df = int((n[ok] - 1).sum())
+    return (float(((n[ok] - 1) * cv[ok] ** 2).sum() / df) if df else float("nan")), df
+
+
+def ratio_interval(mean_a, n_a, mean_b, n_b, rel_var: float, df: int, level: float = CONFIDENCE):
+    """``mean_a / mean_b`` with a t-interval on its log (delta method, pooled relative variance).
 
     Returns (ratio, lo, hi), floats or arrays like the inputs. The interval is NaN where either side
-    has fewer than two runs: one run says nothing about noise.
+    has fewer than two runs: a clock measured once says nothing about its own noise.
     """
-    mean_a, std_a, n_a, mean_b, std_b, n_b = (np.asarray(v, float) for v in (mean_a, std_a, n_a, mean_b, std_b, n_b))
+    mean_a, n_a, mean_b, n_b = (np.asarray(v, float) for v in (mean_a, n_a, mean_b, n_b))
     ratio = mean_a / mean_b
+    known = (np.minimum(n_a, n_b) >= 2) & (df >= 1) & np.isfinite(rel_var)
     with np.errstate(divide="ignore", invalid="ignore"):
-        va, vb = (std_a / mean_a) ** 2 / n_a, (std_b / mean_b) ** 2 / n_b
-        se = np.sqrt(va + vb)
-        df = (va + vb) ** 2 / (va**2 / (n_a - 1) + vb**2 / (n_b - 1))
-        half = np.where(se > 0, stats.t.ppf(0.5 + level / 2, np.where(se > 0, df, 1)) * se, 0.0)
-    known = (np.minimum(n_a, n_b) >= 2) & np.isfinite(se)
+        half = stats.t.ppf(0.5 + level / 2, max(df, 1)) * np.sqrt(rel_var * (1 / n_a + 1 / n_b))
     lo = np.where(known, ratio * np.exp(-half), np.nan)
     hi = np.where(known, ratio * np.exp(half), np.nan)
     if ratio.ndim == 0:
@@ -124,9 +134,14 @@ def _slower(ratio: tuple[float, float, float]) -> tuple[float, float, float]:
     return (r - 1) * 100, (lo - 1) * 100, (hi - 1) * 100
 
 
-def _ratio(a: pd.Series, b: pd.Series, metric: str) -> tuple[float, float, float]:
-    return ratio_interval(a[f"{metric}_mean"], a[f"{metric}_std"], a["n_runs"], b[f"{metric}_mean"],
-                          b[f"{metric}_std"], b["n_runs"])
+class _Intervals:
+    """Ratios with intervals between rows of one workload, on its pooled run-to-run noise."""
+
+    def __init__(self, valid: pd.DataFrame):
+        self.noise = {m: pooled_rel_var(valid[f"{m}_cv"], valid["n_runs"]) for m in ("time_s", "energy_j", "edp", "ed2p")}
+
+    def ratio(self, a, b, metric: str):
+        return ratio_interval(a[f"{metric}_mean"], a["n_runs"], b[f"{metric}_mean"], b["n_runs"], *self.noise[metric])
 
 
 def _exclusion_text(rows: pd.DataFrame) -> tuple[int, str]:
@@ -134,7 +149,9 @@ def _exclusion_text(rows: pd.DataFrame) -> tuple[int, str]:
     parts, total = [], 0
     clocks = rows[(rows["excluded"].fillna("") != "") & (rows["n_runs"] > 0)]
     for reason, n in clocks["excluded"].value_counts().sort_index().items():
-        parts.append(f"{reason}: {n} clock{'s' * (n > 1)}")
+        at = sorted(clocks.loc[clocks["excluded"] == reason, "sm_clock_mhz"], reverse=True)
+        listed = ", ".join(f"{f:.0f}" for f in at[:6]) + (", ..." if len(at) > 6 else "")
+        parts.append(f"{reason}: {n} clock{'s' * (n > 1)} ({listed} MHz)")
         total += int(clocks.loc[clocks["excluded"] == reason, "n_runs"].sum())
     if "excluded_runs" in rows:
         counts: dict[str, int] = {}
@@ -228,8 +245,8 @@ def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: flo
                         + (f" ({excl_text})" if excl_text else ""))
     ref = valid.loc[valid["sm_clock_mhz"].idxmax()]
     score_col = SCORE_COLUMN[objective]
-    s_all, lo_all, hi_all = _slower(ratio_interval(valid["time_s_mean"], valid["time_s_std"], valid["n_runs"],
-                                                   ref["time_s_mean"], ref["time_s_std"], ref["n_runs"]))
+    iv = _Intervals(valid)
+    s_all, lo_all, hi_all = _slower(iv.ratio(valid, ref, "time_s"))
     slow = dict(zip(valid.index, zip(s_all, lo_all, hi_all, strict=True), strict=True))
     # A lower clock "faster" than the reference beyond the noise: the data is wrong somewhere.
     scatter = float(valid["time_s_scatter"].iloc[0]) if "time_s_scatter" in valid else float("nan")
@@ -241,7 +258,8 @@ def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: flo
         worst = min(faster, key=lambda i: slow[i][0])
         problems.append(f"{len(faster)} lower clock(s) faster than the reference {ref['sm_clock_mhz']:.0f} MHz beyond "
                         f"the noise (up to {-slow[worst][0]:.1f} % at {valid.loc[worst, 'sm_clock_mhz']:.0f} MHz): "
-                        "a cold or throttled reference run, or locks that did not apply; left out")
+                        "a cold or throttled reference run, or locks that did not apply; left out, and savings "
+                        "against this reference are overstated")
     cand = valid.drop(index=faster)
     if max_slowdown is not None:
         cap = 100 * max_slowdown
@@ -251,7 +269,8 @@ def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: flo
     chosen = best
     if choose_on == "fit" and np.isfinite(fitted) and fitted in set(cand["sm_clock_mhz"]):
         chosen = cand[cand["sm_clock_mhz"] == fitted].iloc[0]
-    obj_ratio = _ratio(chosen, ref, score_col.removesuffix("_mean"))
+    metric = score_col.removesuffix("_mean")
+    obj_ratio = iv.ratio(chosen, ref, metric)
     known = bool(min(chosen["n_runs"], ref["n_runs"]) >= 2)
     same = chosen["sm_clock_mhz"] == ref["sm_clock_mhz"]
     if same:
@@ -263,8 +282,8 @@ def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: flo
     else:
         verdict = "no significant saving"
     pick = ref if verdict == "no significant saving" else chosen
-    e_sv, t_sl, o_sv = _saved(_ratio(pick, ref, "energy_j")), _slower(_ratio(pick, ref, "time_s")), _saved(
-        _ratio(pick, ref, score_col.removesuffix("_mean")))
+    e_sv, t_sl = _saved(iv.ratio(pick, ref, "energy_j")), _slower(iv.ratio(pick, ref, "time_s"))
+    o_sv = _saved(iv.ratio(pick, ref, metric))
     choice = Choice(
         workload=workload, gpu=str(ref["gpu"]), objective=objective, max_slowdown=max_slowdown,
         clock_mhz=float(pick["sm_clock_mhz"]), verdict=verdict,
@@ -279,7 +298,7 @@ def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: flo
     default = rows[rows["is_default_clock"].astype(bool) & (rows["n_runs"] > 0)]
     if len(default):
         d = default.iloc[0]
-        e_d, t_d = _saved(_ratio(pick, d, "energy_j")), _slower(_ratio(pick, d, "time_s"))
+        e_d, t_d = _saved(iv.ratio(pick, d, "energy_j")), _slower(iv.ratio(pick, d, "time_s"))
         (choice.energy_saved_vs_default_pct, choice.energy_saved_vs_default_lo_pct,
          choice.energy_saved_vs_default_hi_pct) = e_d
         choice.slowdown_vs_default_pct, choice.slowdown_vs_default_lo_pct, choice.slowdown_vs_default_hi_pct = t_d
@@ -480,9 +499,12 @@ class GuidedSearch:
         p0, t0 = self._hat
         at = {float(f): i for i, f in enumerate(self.clocks)}
         obj = self.objective
-        e_sv = _saved(ratio_interval(*best.stats("energy_j"), *ref.stats("energy_j")))
-        t_sl = _slower(ratio_interval(*best.stats("time_s"), *ref.stats("time_s")))
-        o_sv = _saved(ratio_interval(*best.stats(obj), *ref.stats(obj)))
+        def interval(name):
+            noise = pooled_rel_var(*zip(*[(pr.stats(name)[1] / pr.stats(name)[0], pr.stats(name)[2])
+                                          for pr in self.probes.values()], strict=True))
+            return ratio_interval(best.stats(name)[0], len(best.time_s), ref.stats(name)[0], len(ref.time_s), *noise)
+
+        e_sv, t_sl, o_sv = _saved(interval("energy_j")), _slower(interval("time_s")), _saved(interval(obj))
         errors = []
         for f, pr in sorted(self.probes.items(), reverse=True):
             i = at[f]
