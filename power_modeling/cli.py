@@ -36,16 +36,24 @@ def _objective(f):
 
 
 def _load(results, gpu, need_clocks: int = 0):
+    """Runs and the feature table of one GPU type (``--gpu``; several types without it is an error)."""
     warnings.filterwarnings("ignore")
     try:
-        runs = load_runs(list(results))
-        table = feat.feature_table(runs, gpu)
+        runs = feat.select_gpu(load_runs(list(results)), gpu)
+        table = feat.feature_table(runs)
         if need_clocks:
             feat.check_fittable(table, need_clocks)
     except DataError as exc:
         opt = "--gpu" if str(exc).startswith("--gpu") or "--gpu" in str(exc) else "RESULTS"
         raise UserError(opt, None, str(exc).removeprefix(f"--gpu {gpu}: ")) from None
     return runs, table
+
+
+def show(df: pd.DataFrame) -> str:
+    """A table for the terminal with significant digits: a 1.2 ms kernel is not "0.00 s"."""
+    if df.empty:
+        return "(none)"
+    return df.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")
 
 
 def _slowdown(v: float) -> float | None:
@@ -75,7 +83,7 @@ def features(results, gpu, out):
     runs, table = _load(results, gpu)
     cols = ["workload", "sm_clock_mhz", "n_runs", "time_s_mean", "time_s_cv", "power_w_mean", "energy_j_mean",
             "energy_j_cv", "noisy"]
-    click.echo(table[cols].round(4).to_string(index=False))
+    click.echo(show(table[cols + ["excluded", "excluded_runs"]].fillna({"excluded_runs": ""})))
     if (o := _out(out)) is not None:
         table.to_csv(o / "features.csv", index=False)
         runs.to_csv(o / "runs_tidy.csv", index=False)
@@ -110,7 +118,7 @@ def fit(results, gpu, out, kind):
             raise UserError("--model", kind, str(exc)) from None
         means = result[[c for c in result.columns if c.endswith(("_mape", "_r2"))]].mean()
         click.echo("leave-one-workload-out: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
-    click.echo(result.round(4).to_string(index=False))
+    click.echo(show(result))
     if (o := _out(out)) is not None:
         result.to_csv(o / f"fit_{kind}.csv", index=False)
 
@@ -135,29 +143,43 @@ def predict(results, gpu, out, clocks):
         for i, f in enumerate(fs):
             rows.append({"workload": wl, "sm_clock_mhz": f, "time_s": t[i], "power_w": p[i], "energy_j": t[i] * p[i],
                          "energy_j_p05": band["energy_j"][i, 0], "energy_j_p95": band["energy_j"][i, 1],
-                         "extrapolated": not (m.fmin_mhz_ <= f <= m.fmax_mhz_)})
+                         "extrapolated": not (g["sm_clock_mhz"].min() <= f <= g["sm_clock_mhz"].max())})
     result = pd.DataFrame(rows)
-    click.echo(result.round(3).to_string(index=False))
+    click.echo(show(result))
     if (o := _out(out)) is not None:
         result.to_csv(o / "predictions.csv", index=False)
+
+
+CHOICE_COLUMNS = ["workload", "objective", "clock_mhz", "verdict", "reference_clock_mhz", "energy_saved_pct",
+                  "energy_saved_lo_pct", "energy_saved_hi_pct", "slowdown_pct", "slowdown_lo_pct", "slowdown_hi_pct",
+                  "best_measured_mhz", "fitted_mhz", "runs_at_choice", "excluded_rows"]
+
+
+def _choose_on(f):
+    return click.option("--choose-on", default="measured", type=click.Choice(["measured", "fit"]), show_default=True,
+                        help="measured: the best clock's own mean; fit: the optimum of smoothed per-workload curves "
+                             "(for noisy single-run sweeps). Both optima are reported either way.")(f)
 
 
 @cli.command()
 @_common
 @_objective
+@_choose_on
 @click.option("--guided", type=int, default=0, help="Also evaluate the guided choice with this many probe clocks.")
-def select(results, gpu, out, objective, max_slowdown, guided):
-    """The clock that minimises the objective within the slowdown budget, per workload."""
+def select(results, gpu, out, objective, max_slowdown, choose_on, guided):
+    """The clock that minimises the objective within the slowdown budget, per workload, with 95 % intervals."""
     runs, table = _load(results, gpu, need_clocks=2)
-    choices = choose_all(table, objective, _slowdown(max_slowdown))
-    click.echo(choices.round(2).to_string(index=False))
+    choices = choose_all(table, objective, _slowdown(max_slowdown), choose_on)
+    click.echo(show(choices[CHOICE_COLUMNS]))
+    for text in choices["summary"]:
+        click.echo(text)
     if guided:
         if guided < 2:
             raise UserError("--guided", guided, "needs at least 2 probe clocks")
         if table["workload"].nunique() < 3:
             raise UserError("--guided", guided, "needs at least 3 workloads to train the cross-workload model")
         reg = evaluate_guided(table, CrossWorkloadModel, objective, guided, _slowdown(max_slowdown))
-        click.echo(reg.round(2).to_string(index=False))
+        click.echo(show(reg))
         click.echo(f"guided ({guided} probes): mean regret {reg['regret_pct'].mean():.2f} %, "
                    f"p90 {reg['regret_pct'].quantile(0.9):.2f} %")
     if (o := _out(out)) is not None:
