@@ -10,6 +10,7 @@ activity features (``sm_active, dram_active, fp_active, ...``) where the source 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,14 @@ def _dedupe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _activity_from_samples(result_dir: Path, run_ids: pd.Series) -> pd.DataFrame:
+    """Mean activity counters over each run's work phases, from its samples file where it has one."""
+    samples = result_dir / "samples"
+    present = {e.name for e in os.scandir(samples)} if samples.is_dir() else set()
     rows = []
     for rid in run_ids:
-        path = result_dir / "samples" / f"{rid}.csv"
         feats = {"run_id": rid}
-        if path.exists():
-            s = pd.read_csv(path)
+        if f"{rid}.csv" in present:
+            s = pd.read_csv(samples / f"{rid}.csv")
             work = s[s["phase"].isin(["denoise_step", "text_encode", "vae_decode", "batch"])] if "phase" in s else s
             work = work if len(work) else s
             for col in ACTIVITY:

@@ -23,7 +23,6 @@ import pandas as pd
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
-from .features import usable_mask
 from .io import DataError
 
 OBJECTIVES = ("energy", "edp", "ed2p")
@@ -134,26 +133,45 @@ def _slower(ratio: tuple[float, float, float]) -> tuple[float, float, float]:
     return (r - 1) * 100, (lo - 1) * 100, (hi - 1) * 100
 
 
-class _Intervals:
-    """Ratios with intervals between rows of one workload, on its pooled run-to-run noise."""
+class _Workload:
+    """One workload's rows as arrays, with ratios and intervals on its pooled run-to-run noise.
 
-    def __init__(self, valid: pd.DataFrame):
-        self.noise = {m: pooled_rel_var(valid[f"{m}_cv"], valid["n_runs"]) for m in ("time_s", "energy_j", "edp", "ed2p")}
+    Arrays rather than DataFrame rows: a centre's campaign has thousands of workloads, and pandas'
+    per-row overhead, not the arithmetic, would set the time.
+    """
 
-    def ratio(self, a, b, metric: str):
-        return ratio_interval(a[f"{metric}_mean"], a["n_runs"], b[f"{metric}_mean"], b["n_runs"], *self.noise[metric])
+    METRICS = ("time_s", "power_w", "energy_j", "edp", "ed2p")
+
+    def __init__(self, rows: pd.DataFrame):
+        self.rows = rows
+        self.f = rows["sm_clock_mhz"].to_numpy(float)
+        self.n = rows["n_runs"].to_numpy(float)
+        self.mean = {m: rows[f"{m}_mean"].to_numpy(float) for m in self.METRICS}
+        self.default = rows["is_default_clock"].to_numpy(bool)
+        self.excluded = rows["excluded"].fillna("").to_numpy(str) != "" if "excluded" in rows else ~self.default
+        self.valid = ~self.default & ~self.excluded & (self.n > 0)
+        v = self.valid
+        self.noise = {m: pooled_rel_var(rows[f"{m}_cv"].to_numpy(float)[v], self.n[v])
+                      for m in ("time_s", "energy_j", "edp", "ed2p")}
+
+    def ratio(self, a, b: int, metric: str):
+        """``metric`` at row(s) ``a`` over row ``b``: (ratio, lo, hi)."""
+        return ratio_interval(self.mean[metric][a], self.n[a], self.mean[metric][b], self.n[b], *self.noise[metric])
 
 
 def _exclusion_text(rows: pd.DataFrame) -> tuple[int, str]:
-    """How many runs and clocks were left out of one workload, and why ("outlier: 2 clocks; ...")."""
+    """How many runs and clocks were left out of one workload, and why ("outlier: 2 clocks (...)")."""
     parts, total = [], 0
-    clocks = rows[(rows["excluded"].fillna("") != "") & (rows["n_runs"] > 0)]
-    for reason, n in clocks["excluded"].value_counts().sort_index().items():
-        at = sorted(clocks.loc[clocks["excluded"] == reason, "sm_clock_mhz"], reverse=True)
-        listed = ", ".join(f"{f:.0f}" for f in at[:6]) + (", ..." if len(at) > 6 else "")
-        parts.append(f"{reason}: {n} clock{'s' * (n > 1)} ({listed} MHz)")
-        total += int(clocks.loc[clocks["excluded"] == reason, "n_runs"].sum())
-    if "excluded_runs" in rows:
+    reasons = rows["excluded"].fillna("").to_numpy(str)
+    hit = (reasons != "") & (rows["n_runs"].to_numpy() > 0)
+    if hit.any():
+        clocks = rows[hit]
+        for reason, n in clocks["excluded"].value_counts().sort_index().items():
+            at = sorted(clocks.loc[clocks["excluded"] == reason, "sm_clock_mhz"], reverse=True)
+            listed = ", ".join(f"{f:.0f}" for f in at[:6]) + (", ..." if len(at) > 6 else "")
+            parts.append(f"{reason}: {n} clock{'s' * (n > 1)} ({listed} MHz)")
+            total += int(clocks.loc[clocks["excluded"] == reason, "n_runs"].sum())
+    if "excluded_runs" in rows and rows["excluded_runs"].notna().any():
         counts: dict[str, int] = {}
         for text in rows["excluded_runs"].dropna():
             for item in str(text).split("; "):
@@ -197,29 +215,30 @@ def _gcv_smooth(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     eig, u = np.linalg.eigh(m)
     eig = np.clip(eig, 0, None)
     z = u.T @ (sw * ys)
-    best, best_gcv = ys, np.inf
-    for lam in np.logspace(-12, 2, 57):
-        shrink = 1 / (1 + lam * eig)
-        fit = (u @ (shrink * z)) / sw
-        dof = shrink.sum()
-        gcv = n * np.sum(ws * (ys - fit) ** 2) / max(n - dof, 1e-9) ** 2
-        if gcv < best_gcv:
-            best, best_gcv = fit, gcv
+    shrink = 1 / (1 + np.logspace(-12, 2, 57)[:, None] * eig[None, :])     # (lambdas, n)
+    fits = (u @ (shrink * z).T).T / sw                                      # every lambda at once
+    gcv = n * ((ws * (ys - fits) ** 2).sum(axis=1)) / np.maximum(n - shrink.sum(axis=1), 1e-9) ** 2
+    best = fits[int(np.argmin(gcv))]
     out = np.empty(n)
     out[order] = best
     return out
 
 
-def _fitted_optimum(valid: pd.DataFrame, objective: str, max_slowdown: float | None) -> float:
-    """The clock (among ``valid``'s) that minimises the objective on the smoothed T(f), P(f) curves."""
-    if valid["sm_clock_mhz"].nunique() < 5:
+def _fitted_optimum(f: np.ndarray, t: np.ndarray, p: np.ndarray, n: np.ndarray, objective: str,
+                    max_slowdown: float | None) -> float:
+    """The clock (among ``f``) that minimises the objective on the smoothed T(f), P(f) curves."""
+    if len(np.unique(f)) < 5:
         return float("nan")
-    f = valid["sm_clock_mhz"].to_numpy(float)
-    t, p = smooth_curves(f, valid["time_s_mean"], valid["power_w_mean"], valid["n_runs"])
+    t, p = smooth_curves(f, t, p, n)
     score = objective_value(t * p, t, objective)
     if max_slowdown is not None:
         score = np.where(t <= t[np.argmax(f)] * (1 + max_slowdown), score, np.inf)
     return float(f[int(np.argmin(score))])
+
+
+_CHOICE_INPUTS = ["workload", "gpu", "sm_clock_mhz", "is_default_clock", "excluded", "excluded_runs", "n_runs",
+                  "time_s_scatter"] + [f"{m}_{s}" for m in ("time_s", "power_w", "energy_j", "edp", "ed2p")
+                                       for s in ("mean", "cv")]
 
 
 @threadpool_limits.wrap(limits=1)  # small matrices: extra BLAS threads only contend on a small or busy node
@@ -239,66 +258,62 @@ def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: flo
     if choose_on not in ("measured", "fit"):
         raise ValueError(f"choose_on must be 'measured' or 'fit', not {choose_on!r}")
     n_excl, excl_text = _exclusion_text(rows)
-    valid = rows[usable_mask(rows) & (rows["n_runs"] > 0)]
-    if valid.empty:
+    w = _Workload(rows)
+    valid = np.flatnonzero(w.valid)
+    if not len(valid):
         raise DataError(f"workload {workload!r} has no usable locked-clock run"
                         + (f" ({excl_text})" if excl_text else ""))
-    ref = valid.loc[valid["sm_clock_mhz"].idxmax()]
-    score_col = SCORE_COLUMN[objective]
-    iv = _Intervals(valid)
-    s_all, lo_all, hi_all = _slower(iv.ratio(valid, ref, "time_s"))
-    slow = dict(zip(valid.index, zip(s_all, lo_all, hi_all, strict=True), strict=True))
+    ref = int(valid[np.argmax(w.f[valid])])
+    metric = SCORE_COLUMN[objective].removesuffix("_mean")
+    slow, _, slow_hi = _slower(w.ratio(valid, ref, "time_s"))
     # A lower clock "faster" than the reference beyond the noise: the data is wrong somewhere.
-    scatter = float(valid["time_s_scatter"].iloc[0]) if "time_s_scatter" in valid else float("nan")
+    scatter = float(rows["time_s_scatter"].iloc[0]) if "time_s_scatter" in rows else float("nan")
     single_noise = 100 * max(SINGLE_RUN_SIGMAS * np.nan_to_num(scatter, nan=0.0), 2 * FASTER_FLOOR)
-    faster = [i for i, (s, lo, hi) in slow.items()
-              if s < -100 * FASTER_FLOOR and (hi < 0 if np.isfinite(hi) else s < -single_noise)]
+    faster = (slow < -100 * FASTER_FLOOR) & np.where(np.isfinite(slow_hi), slow_hi < 0, slow < -single_noise)
     problems = []
-    if faster:
-        worst = min(faster, key=lambda i: slow[i][0])
-        problems.append(f"{len(faster)} lower clock(s) faster than the reference {ref['sm_clock_mhz']:.0f} MHz beyond "
-                        f"the noise (up to {-slow[worst][0]:.1f} % at {valid.loc[worst, 'sm_clock_mhz']:.0f} MHz): "
-                        "a cold or throttled reference run, or locks that did not apply; left out, and savings "
-                        "against this reference are overstated")
-    cand = valid.drop(index=faster)
+    if faster.any():
+        worst = int(np.argmin(np.where(faster, slow, np.inf)))
+        problems.append(f"{int(faster.sum())} lower clock(s) faster than the reference {w.f[ref]:.0f} MHz beyond "
+                        f"the noise (up to {-slow[worst]:.1f} % at {w.f[valid[worst]]:.0f} MHz): a cold or "
+                        "throttled reference run, or locks that did not apply; left out, and savings against this "
+                        "reference are overstated")
+    keep = ~faster
     if max_slowdown is not None:
-        cap = 100 * max_slowdown
-        cand = cand[[(hi if np.isfinite(hi) else s) <= cap for s, _, hi in (slow[i] for i in cand.index)]]
-    best = cand.loc[cand[score_col].idxmin()]
-    fitted = _fitted_optimum(valid.drop(index=faster), objective, max_slowdown)
+        keep &= np.where(np.isfinite(slow_hi), slow_hi, slow) <= 100 * max_slowdown
+    cand = valid[keep]
+    best = int(cand[np.argmin(w.mean[metric][cand])])
+    sane = valid[~faster]
+    fitted = _fitted_optimum(w.f[sane], w.mean["time_s"][sane], w.mean["power_w"][sane], w.n[sane], objective,
+                             max_slowdown)
     chosen = best
-    if choose_on == "fit" and np.isfinite(fitted) and fitted in set(cand["sm_clock_mhz"]):
-        chosen = cand[cand["sm_clock_mhz"] == fitted].iloc[0]
-    metric = score_col.removesuffix("_mean")
-    obj_ratio = iv.ratio(chosen, ref, metric)
-    known = bool(min(chosen["n_runs"], ref["n_runs"]) >= 2)
-    same = chosen["sm_clock_mhz"] == ref["sm_clock_mhz"]
-    if same:
+    if choose_on == "fit" and np.isfinite(fitted) and (w.f[cand] == fitted).any():
+        chosen = int(cand[np.flatnonzero(w.f[cand] == fitted)[0]])
+    known = bool(min(w.n[chosen], w.n[ref]) >= 2)
+    if chosen == ref:
         verdict = "reference is best"
     elif not known:
         verdict = "uncertainty unknown"
-    elif _saved(obj_ratio)[1] > 0:
+    elif _saved(w.ratio(chosen, ref, metric))[1] > 0:
         verdict = "saving"
     else:
         verdict = "no significant saving"
     pick = ref if verdict == "no significant saving" else chosen
-    e_sv, t_sl = _saved(iv.ratio(pick, ref, "energy_j")), _slower(iv.ratio(pick, ref, "time_s"))
-    o_sv = _saved(iv.ratio(pick, ref, metric))
+    e_sv, t_sl = _saved(w.ratio(pick, ref, "energy_j")), _slower(w.ratio(pick, ref, "time_s"))
+    o_sv = _saved(w.ratio(pick, ref, metric))
     choice = Choice(
-        workload=workload, gpu=str(ref["gpu"]), objective=objective, max_slowdown=max_slowdown,
-        clock_mhz=float(pick["sm_clock_mhz"]), verdict=verdict,
-        chosen_on="fit" if chosen is not best else "measured", best_measured_mhz=float(best["sm_clock_mhz"]),
-        fitted_mhz=fitted, reference_clock_mhz=float(ref["sm_clock_mhz"]), energy_j=float(pick["energy_j_mean"]),
-        time_s=float(pick["time_s_mean"]), energy_saved_pct=e_sv[0], energy_saved_lo_pct=e_sv[1],
-        energy_saved_hi_pct=e_sv[2], slowdown_pct=t_sl[0], slowdown_lo_pct=t_sl[1], slowdown_hi_pct=t_sl[2],
-        objective_saved_pct=o_sv[0], objective_saved_lo_pct=o_sv[1], objective_saved_hi_pct=o_sv[2],
-        runs_at_choice=int(pick["n_runs"]), runs_at_reference=int(ref["n_runs"]),
+        workload=workload, gpu=str(rows["gpu"].iloc[ref]), objective=objective, max_slowdown=max_slowdown,
+        clock_mhz=float(w.f[pick]), verdict=verdict, chosen_on="fit" if chosen != best else "measured",
+        best_measured_mhz=float(w.f[best]), fitted_mhz=fitted, reference_clock_mhz=float(w.f[ref]),
+        energy_j=float(w.mean["energy_j"][pick]), time_s=float(w.mean["time_s"][pick]), energy_saved_pct=e_sv[0],
+        energy_saved_lo_pct=e_sv[1], energy_saved_hi_pct=e_sv[2], slowdown_pct=t_sl[0], slowdown_lo_pct=t_sl[1],
+        slowdown_hi_pct=t_sl[2], objective_saved_pct=o_sv[0], objective_saved_lo_pct=o_sv[1],
+        objective_saved_hi_pct=o_sv[2], runs_at_choice=int(w.n[pick]), runs_at_reference=int(w.n[ref]),
         uncertainty="95 % t-interval over runs" if known else "unknown (one run per clock)",
         excluded_rows=n_excl, excluded=excl_text, data_problems="; ".join(problems))
-    default = rows[rows["is_default_clock"].astype(bool) & (rows["n_runs"] > 0)]
+    default = np.flatnonzero(w.default & (w.n > 0))
     if len(default):
-        d = default.iloc[0]
-        e_d, t_d = _saved(iv.ratio(pick, d, "energy_j")), _slower(iv.ratio(pick, d, "time_s"))
+        d = int(default[0])
+        e_d, t_d = _saved(w.ratio(pick, d, "energy_j")), _slower(w.ratio(pick, d, "time_s"))
         (choice.energy_saved_vs_default_pct, choice.energy_saved_vs_default_lo_pct,
          choice.energy_saved_vs_default_hi_pct) = e_d
         choice.slowdown_vs_default_pct, choice.slowdown_vs_default_lo_pct, choice.slowdown_vs_default_hi_pct = t_d
@@ -347,8 +362,9 @@ def choose_all(table: pd.DataFrame, objective: str = "edp", max_slowdown: float 
     """One ``Choice`` row per workload that has locked-clock rows."""
     locked = table[~table["is_default_clock"].astype(bool)]
     names = set(locked["workload"])
+    slim = table[[c for c in _CHOICE_INPUTS if c in table]]  # a campaign's table has ~100 columns; copy 20
     return pd.DataFrame([_choose(rows, wl, objective, max_slowdown, choose_on).to_dict()
-                         for wl, rows in table.groupby("workload", sort=True) if wl in names])
+                         for wl, rows in slim.groupby("workload", sort=True) if wl in names])
 
 
 # --------------------------------------------------------------------------- guided search
