@@ -405,3 +405,47 @@ def test_gpu_column_of_reference_csvs_keeps_gpus_apart(tmp_path):
     with pytest.raises(DataError, match=r"mixes GPU types \(A100, H100\)"):
         feature_table(runs)
     assert len(feature_table(runs, "A100")) == 9
+
+
+def test_reference_csv_can_mark_warmup_runs(tmp_path):
+    df = pd.read_csv(ARTEFACTS / "cold_start.csv")
+    df["warmup"] = 0
+    df.loc[0, "warmup"] = 1  # the cold run, marked instead of detected
+    df.to_csv(tmp_path / "marked.csv", index=False)
+    c = choose_clock(feature_table(load_runs([tmp_path / "marked.csv"])), "synth", "energy", None)
+    assert "warmup: 1 run" in c.excluded and "cold start" not in c.excluded and c.clock_mhz == 1095
+
+
+def test_cli_gpu_filters_merge_and_report_and_short_times_keep_digits(tmp_path):
+    df = pd.read_csv(ARTEFACTS / "clean_coarse.csv")
+    df.assign(gpu="A100", run_time=df["run_time"] / 10000).to_csv(tmp_path / "a100.csv", index=False)
+    both = [str(ARTEFACTS / "clean_coarse.csv"), str(tmp_path / "a100.csv")]
+    for cmd in ("merge", "report", "select", "features"):
+        p = _pm(cmd, *both, "--out", str(tmp_path / cmd))
+        assert p.returncode == 2 and "mixes GPU types (A100, H100)" in p.stderr, (cmd, p.stderr)
+        assert not (tmp_path / cmd).exists()
+    p = _pm("merge", *both, "--gpu", "A100", "--out", str(tmp_path / "m"))
+    assert p.returncode == 0, p.stderr
+    merged = pd.read_csv(tmp_path / "m" / "runs_merged.csv")
+    assert set(merged["gpu"]) == {"A100"} and len(merged) == 27
+    p = _pm("features", *both, "--gpu", "A100")
+    assert p.returncode == 0 and "0.001" in p.stdout and " 0.00 " not in p.stdout, p.stdout  # 1 ms kernels
+    p = _pm("report", *both, "--gpu", "A100", "--out", str(tmp_path / "r"))
+    assert p.returncode == 0, p.stderr
+    assert set(pd.read_csv(tmp_path / "r" / "runs_tidy.csv")["gpu"]) == {"A100"}
+
+
+def test_cli_select_prints_intervals_verdicts_and_exclusions():
+    p = _pm("select", str(ARTEFACTS / "cold_start.csv"), "--objective", "energy", "--max-slowdown", "-1")
+    assert p.returncode == 0, p.stderr
+    assert "synth: use 1095 MHz for minimum energy" in p.stdout and "Left out: cold start: 1 run" in p.stdout
+    assert re.search(r"energy saved 3\d\.\d % \[\d+\.\d, \d+\.\d\]", p.stdout), p.stdout
+    p = _pm("select", str(ARTEFACTS / "single_run.csv"), "--choose-on", "fit", "--max-slowdown", "-1")
+    assert p.returncode == 0 and "interval unknown" in p.stdout and "fitted_mhz" in p.stdout
+
+
+def test_cli_predict_never_calls_a_measured_clock_extrapolated(tmp_path):
+    p = _pm("predict", str(ARTEFACTS / "clean_coarse.csv"), "--clocks", "1785,645,1000,1900", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    pred = pd.read_csv(tmp_path / "predictions.csv").set_index("sm_clock_mhz")["extrapolated"]
+    assert not pred[1785.0] and not pred[645.0] and not pred[1000.0] and pred[1900.0]
