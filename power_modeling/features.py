@@ -211,7 +211,7 @@ def flag_outliers(table: pd.DataFrame, n_sigma: float = 6.0, floor: float = 0.10
 def _outliers_and_scatter(table: pd.DataFrame, n_sigma: float = 6.0,
                           floor: float = 0.10) -> tuple[pd.Series, pd.Series]:
     flags = pd.Series(False, index=table.index)
-    time_scatter = pd.Series(np.nan, index=table.index)
+    scatter_of: dict[tuple, float] = {}
     ok = table[~table["is_default_clock"].astype(bool) & (table["n_runs"] > 0)]
     if "excluded" in table:
         ok = ok[table.loc[ok.index, "excluded"].fillna("") == ""]
@@ -236,7 +236,9 @@ def _outliers_and_scatter(table: pd.DataFrame, n_sigma: float = 6.0,
                 break
             bad[worst] = True
         flags.loc[g.index] = bad
-        time_scatter[(table["workload"] == wl) & (table["gpu"] == gpu)] = scatter["time_s_mean"]
+        scatter_of[(wl, gpu)] = scatter["time_s_mean"]
+    keys = pd.MultiIndex.from_frame(table[["workload", "gpu"]])
+    time_scatter = pd.Series(pd.Series(scatter_of, dtype=float).reindex(keys).to_numpy(), index=table.index)
     return flags, time_scatter
 
 

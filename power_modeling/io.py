@@ -59,17 +59,16 @@ def _activity_from_samples(result_dir: Path, run_ids: pd.Series) -> pd.DataFrame
     samples = result_dir / "samples"
     present = {e.name for e in os.scandir(samples)} if samples.is_dir() else set()
     rows = []
-    for rid in run_ids:
+    for rid in run_ids[(run_ids.astype(str) + ".csv").isin(present)] if present else []:
         feats = {"run_id": rid}
-        if f"{rid}.csv" in present:
-            s = pd.read_csv(samples / f"{rid}.csv")
-            work = s[s["phase"].isin(["denoise_step", "text_encode", "vae_decode", "batch"])] if "phase" in s else s
-            work = work if len(work) else s
-            for col in ACTIVITY:
-                if col in work and work[col].notna().any():
-                    feats[col] = float(work[col].mean())
+        s = pd.read_csv(samples / f"{rid}.csv")
+        work = s[s["phase"].isin(["denoise_step", "text_encode", "vae_decode", "batch"])] if "phase" in s else s
+        work = work if len(work) else s
+        for col in ACTIVITY:
+            if col in work and work[col].notna().any():
+                feats[col] = float(work[col].mean())
         rows.append(feats)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=["run_id"]) if not rows else pd.DataFrame(rows)
 
 
 def load_results_dir(path: Path) -> pd.DataFrame:
@@ -131,10 +130,11 @@ def add_utilisation(runs: pd.DataFrame) -> None:
 
     specs = load_gpu_specs()
     runs["achieved_tflops"] = runs["flops_per_image"] * runs["images"] / runs["time_s"] / 1e12
-    dtype = runs["app_dtype"] if "app_dtype" in runs else pd.Series(["bf16"] * len(runs), index=runs.index)
-    peaks = [(specs.get(g, {}).get("peak_tflops") or {}).get(str(d) if str(d) in ("fp16", "bf16", "fp32") else "bf16")
-             for g, d in zip(runs["gpu"], dtype, strict=True)]
-    runs["mfu"] = runs["achieved_tflops"] / pd.Series(peaks, index=runs.index, dtype=float)
+    dtype = runs["app_dtype"].astype(str) if "app_dtype" in runs else pd.Series("bf16", index=runs.index)
+    dtype = dtype.where(dtype.isin(["fp16", "bf16", "fp32"]), "bf16")
+    pairs = pd.MultiIndex.from_arrays([runs["gpu"].astype(str), dtype])
+    peak = {(g, d): (specs.get(g, {}).get("peak_tflops") or {}).get(d) for g, d in pairs.unique()}
+    runs["mfu"] = runs["achieved_tflops"] / pd.Series(pairs.map(peak), index=runs.index, dtype=float)
 
 
 def _workload_names(df: pd.DataFrame) -> pd.Series:
