@@ -9,20 +9,25 @@ they need to know about the workload:
 * ``PhysicalModel``: one workload, a few probe clocks: ``T = a + b/f`` (a fixed part plus a
   compute-bound part that scales with 1/f), ``P = c + d f + e f^3`` (static plus dynamic power
   rising super-linearly, as V rises with f). Non-negative coefficients; bootstrap uncertainty.
-* ``CrossWorkloadModel``: learned across workloads: gradient boosting on the activity, power
-  and (log) run time at the max clock plus ``f/f_max``, predicting ``P/P_max`` and ``T/T_max``, so a new
-  workload needs only its max-clock run.
+* ``CrossWorkloadModel``: learned across workloads: gradient boosting plus nearest workloads on
+  what the max-clock run tells (activity counters where the data has them, power relative to the
+  GPU's TDP, log run time) and ``f/f_max``, predicting ``P/P_max`` and ``T/T_max``, so a new
+  workload needs only its max-clock run. ``model_store`` saves and loads it safely and ships two
+  trained on the reference data.
 """
 
 from __future__ import annotations
+
+from contextlib import nullcontext
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 from sklearn.base import BaseEstimator
 from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor
+from threadpoolctl import threadpool_limits
 
-from .io import DataError
+from .io import ACTIVITY, DataError
 
 
 def _require(table: pd.DataFrame, cols: list[str], model: str) -> None:
@@ -105,93 +110,253 @@ class PhysicalModel(BaseEstimator):
         return {k: np.quantile(v, q, axis=0).T for k, v in (("time_s", ts), ("power_w", ps), ("energy_j", ts * ps))}
 
 
+POWER_TDP = "power_tdp_at_max"
+
+
+def activity_columns(table: pd.DataFrame) -> list[str]:
+    """The max-clock activity-counter features (``<counter>_at_max``) that ``table`` has for every row.
+
+    Use it to choose ``CrossWorkloadModel(use_activity=...)``: NVML-only measurements (the Stable
+    Diffusion runs) have none, DCGM and the reference data have them.
+    """
+    cols = [f"{c}_at_max" for c in ACTIVITY]
+    return [c for c in cols if c in table and table[c].notna().all()]
+
+
+def _tdp_lookup(gpus: pd.Series) -> pd.Series:
+    """TDP (W) per row from the GPU type's ``tdp_w`` in configs/gpus.yaml; NaN for an unknown type."""
+    from profiling.backends.base import load_gpu_specs
+
+    tdp = {name: spec.get("tdp_w") for name, spec in load_gpu_specs().items() if isinstance(spec, dict)}
+    return pd.to_numeric(gpus.map(tdp), errors="coerce")
+
+
+def power_relative_to_tdp(table: pd.DataFrame, lookup_gpu: bool = False) -> pd.Series | None:
+    """Max-clock power / the GPU type's TDP per row, or None when some row cannot have it.
+
+    Taken from column ``power_tdp_at_max`` where ``features.add_relative`` provides it, else
+    ``power_w_at_max / tdp_w``, else (``lookup_gpu``) the TDP of the row's ``gpu`` type in
+    configs/gpus.yaml. A fraction of TDP is comparable across GPU types where watts are not: a
+    workload at 200 W is nearly flat out on a 250 W V100 and light on a 700 W H200.
+    """
+    out = pd.Series(np.nan, index=table.index, dtype=float)
+    if POWER_TDP in table:
+        out = pd.to_numeric(table[POWER_TDP], errors="coerce").astype(float)
+    if "power_w_at_max" in table:
+        if "tdp_w" in table:
+            out = out.fillna(table["power_w_at_max"] / pd.to_numeric(table["tdp_w"], errors="coerce"))
+        if lookup_gpu and "gpu" in table and out.isna().any():
+            out = out.fillna(table["power_w_at_max"] / _tdp_lookup(table["gpu"]))
+    return out if len(out) and out.notna().all() else None
+
+
+_LABELS = {"f_rel": "f/f_max", POWER_TDP: "power at max / TDP", "power_w_at_max": "power at max (W)",
+           "log_time_s_at_max": "run time at max (s)"}
+
+
 class CrossWorkloadModel(BaseEstimator):
-    """Across workloads: P/P_max and T/T_max from max-clock activity and f/f_max.
+    """Across workloads: P/P_max and T/T_max from what one run at the max clock tells, and f/f_max.
 
     Two parts, blended in log space with weight ``neighbor_weight`` on the second:
 
     * the mean of two boosted models (classic, and histogram-based with the physics as monotone
       constraints: power rises and time falls with the clock);
-    * the curves of the ``n_neighbors`` training workloads nearest in (standardised) activity
+    * the curves of the ``n_neighbors`` training workloads nearest in (standardised) feature
       space, weighted by inverse distance: a new workload scales like the ones that use the GPU
       the way it does.
 
-    With ``use_time_at_max`` the log of the max-clock run time is a feature too (a 2 s kernel and a
-    2 min training loop differ by scale, not by seconds); turn it off where workloads' run times
-    are not comparable (different batch sizes or iteration counts).
+    Features of a workload (all from its max-clock run):
+
+    * activity counters (``<counter>_at_max``, DCGM or the reference data) with ``use_activity``;
+      off for NVML-only measurements such as the Stable Diffusion runs, which have none;
+    * max-clock power relative to the GPU's TDP (``power_tdp_at_max``, or ``power_w_at_max /
+      tdp_w``) when the training table has it, so the model can transfer between GPU types;
+      absolute ``power_w_at_max`` otherwise (``power_feature_`` says which);
+    * with ``use_time_at_max`` the log of the max-clock run time (a 2 s kernel and a 2 min
+      training loop differ by scale, not by seconds); turn it off where workloads' run times are
+      not comparable (different batch sizes or iteration counts).
 
     On the reference data (leave-one-application-out) the blend cuts power MAPE 5.0 -> 4.7 % and
     time MAPE 3.5 -> 3.2 % against the boosted models alone; the run-time feature takes time MAPE
     to 2.2 % (docs/BENCHMARKS.md says how much of that the data's shared SPEC timings explain).
+
+    ``n_threads`` caps the BLAS/OpenMP thread pools during ``fit`` and prediction (None: library
+    defaults). The data are small (~2800 rows): with default pools on a 2-core machine the
+    histogram booster's OpenMP threads oversubscribe the cores and leave-one-workload-out over the
+    24 reference apps took 224-261 s instead of ~50 s. ``n_estimators=100, learning_rate=0.1``
+    (was 300 and 0.05) cuts it to ~17 s at the same LOWO accuracy; guided EDP regret depends more
+    on ``random_state`` than on the stage count (mean 0.96-1.79 % over five seeds, against
+    1.11-2.34 % with 300 stages; benchmarks/bench_cross_model.py).
+
+    The fitted model records what it was trained on (``workloads_``, ``trained_gpus_``,
+    ``feature_ranges_``) so ``extrapolation`` can say where a prediction leaves that ground.
     """
 
-    def __init__(self, n_estimators: int = 300, learning_rate: float = 0.05, n_neighbors: int = 3,
-                 neighbor_weight: float = 0.5, use_time_at_max: bool = True, random_state: int = 0):
+    def __init__(self, n_estimators: int = 100, learning_rate: float = 0.1, n_neighbors: int = 3,
+                 neighbor_weight: float = 0.5, use_time_at_max: bool = True, use_activity: bool = True,
+                 n_threads: int | None = 1, random_state: int = 0):
         self.n_estimators = n_estimators
         self.learning_rate = learning_rate
         self.n_neighbors = n_neighbors
         self.neighbor_weight = neighbor_weight
         self.use_time_at_max = use_time_at_max
+        self.use_activity = use_activity
+        self.n_threads = n_threads
         self.random_state = random_state
 
-    def _features(self, table: pd.DataFrame) -> pd.DataFrame:
-        return table.assign(log_time_s_at_max=np.log(table["time_s_at_max"]))[self.feature_names_]
+    def _threads(self):
+        return threadpool_limits(limits=self.n_threads) if self.n_threads is not None else nullcontext()
+
+    def _features(self, table: pd.DataFrame, fitting: bool = False) -> pd.DataFrame:
+        """The feature matrix (columns ``feature_names_``); DataError naming what ``table`` lacks."""
+        missing = [c for c in ("f_rel", "power_w_at_max", "time_s_at_max") if c not in table or table[c].isna().any()]
+        acts = [c for c in self.activity_names_ if c not in table or table[c].isna().any()]
+        if acts:
+            raise DataError(f"CrossWorkloadModel was trained with activity counters and the data lacks (or has NaN "
+                            f"for) {', '.join(acts)}; use a model fitted with use_activity=False")
+        if missing:
+            raise DataError(f"CrossWorkloadModel needs column(s) {', '.join(missing)}")
+        X = pd.DataFrame({"f_rel": table["f_rel"].to_numpy(float)}, index=table.index)
+        for c in self.activity_names_:
+            X[c] = table[c].to_numpy(float)
+        if self.power_feature_ == POWER_TDP:
+            rel = power_relative_to_tdp(table, lookup_gpu=not fitting)
+            if rel is None:
+                raise DataError("CrossWorkloadModel was trained on power relative to TDP and the data has no "
+                                f"{POWER_TDP}, no tdp_w and no gpu type known to configs/gpus.yaml for some rows")
+            X[POWER_TDP] = rel.to_numpy(float)
+        else:
+            X["power_w_at_max"] = table["power_w_at_max"].to_numpy(float)
+        if self.use_time_at_max:
+            X["log_time_s_at_max"] = np.log(table["time_s_at_max"].to_numpy(float))
+        return X[self.feature_names_]
 
     def fit(self, table: pd.DataFrame, y=None) -> CrossWorkloadModel:
-        acts = sorted(c for c in table.columns if c.endswith("_at_max") and c not in ("power_w_at_max", "time_s_at_max")
-                      and table[c].notna().any())
+        """Fit on locked-clock rows of many workloads (``usable(feature_table)``); ``y`` is unused."""
+        need = ["workload", "f_rel", "power_w_rel", "time_s_rel", "power_w_at_max", "time_s_at_max"]
+        missing = [c for c in need if c not in table or table[c].isna().any()]
+        if missing:
+            raise DataError(f"CrossWorkloadModel needs column(s) {', '.join(missing)} without NaN "
+                            "(rows of features.feature_table)")
+        if self.use_activity:
+            # A counter that never varied in training (sm_active reads 0 for every reference app)
+            # cannot inform a prediction; demanding it from new data would refuse tables for nothing.
+            acts = [c for c in activity_columns(table) if table[c].nunique() > 1]
+            if not acts:
+                raise DataError("CrossWorkloadModel(use_activity=True): the training data has no activity counters "
+                                "(DCGM or reference); fit with use_activity=False")
+        else:
+            acts = []
         self.activity_names_ = acts
-        self.feature_names_ = ["f_rel", *acts, "power_w_at_max"] + (["log_time_s_at_max"] if self.use_time_at_max else [])
-        X = self._features(table)
+        self.power_feature_ = POWER_TDP if power_relative_to_tdp(table) is not None else "power_w_at_max"
+        self.feature_names_ = (["f_rel", *acts, self.power_feature_]
+                               + (["log_time_s_at_max"] if self.use_time_at_max else []))
+        X = self._features(table, fitting=True)
+        workloads = table["workload"].astype(str).to_numpy()
+        self.workloads_ = sorted(set(workloads))
+        self.trained_gpus_ = sorted(str(g) for g in table["gpu"].dropna().unique()) if "gpu" in table else []
+        self.feature_ranges_ = {c: [float(X[c].min()), float(X[c].max())] for c in self.feature_names_}
         self.models_ = {}
-        for target, sign in (("power_w_rel", 1), ("time_s_rel", -1)):
-            y_log = np.log(table[target].values)
-            gbr = GradientBoostingRegressor(n_estimators=self.n_estimators, max_depth=3, learning_rate=self.learning_rate,
-                                            subsample=0.8, random_state=self.random_state).fit(X, y_log)
-            hgb = HistGradientBoostingRegressor(max_iter=self.n_estimators, learning_rate=self.learning_rate, max_depth=4,
-                                                min_samples_leaf=10, random_state=self.random_state,
-                                                monotonic_cst=[sign] + [0] * (X.shape[1] - 1)).fit(X, y_log)
-            self.models_[target] = (gbr, hgb)
-        per_wl = X.groupby(table["workload"].values)[self.feature_names_[1:]].first()
-        self.workload_features_ = per_wl
-        self.feature_mean_ = per_wl.mean()
-        self.feature_std_ = per_wl.std().replace(0, 1).fillna(1)
-        self.curves_ = {wl: g.sort_values("f_rel")[["f_rel", "power_w_rel", "time_s_rel"]].to_numpy()
-                        for wl, g in table.groupby("workload")}
+        with self._threads():
+            for target, sign in (("power_w_rel", 1), ("time_s_rel", -1)):
+                y_log = np.log(table[target].to_numpy(float))
+                gbr = GradientBoostingRegressor(n_estimators=self.n_estimators, max_depth=3,
+                                                learning_rate=self.learning_rate, subsample=0.8,
+                                                random_state=self.random_state).fit(X, y_log)
+                hgb = HistGradientBoostingRegressor(max_iter=self.n_estimators, learning_rate=self.learning_rate,
+                                                    max_depth=4, min_samples_leaf=10, random_state=self.random_state,
+                                                    monotonic_cst=[sign] + [0] * (X.shape[1] - 1)).fit(X, y_log)
+                self.models_[target] = (gbr, hgb)
+        # Neighbour part: one standardised feature vector and one (f_rel, log P/P_max, log T/T_max)
+        # curve per training workload, as plain arrays (what model_store can save safely).
+        per_wl = X.iloc[:, 1:].groupby(workloads).first().loc[self.workloads_]
+        self.feature_mean_ = per_wl.mean().to_numpy(float)
+        std = per_wl.std().to_numpy(float)
+        self.feature_std_ = np.where((std > 0) & np.isfinite(std), std, 1.0)
+        self.workload_z_ = (per_wl.to_numpy(float) - self.feature_mean_) / self.feature_std_
+        self.curves_ = {}
+        for wl, g in table.assign(workload=workloads).groupby("workload"):
+            g = g.sort_values("f_rel")
+            self.curves_[wl] = np.c_[g["f_rel"].to_numpy(float), np.log(g["power_w_rel"].to_numpy(float)),
+                                     np.log(g["time_s_rel"].to_numpy(float))]
         return self
 
-    def _neighbor_log_rel(self, table: pd.DataFrame, target: str) -> np.ndarray:
+    def _neighbor_log_rel(self, X: pd.DataFrame, target: str) -> np.ndarray:
+        """Inverse-distance mean of the nearest training workloads' log curves at each row's f/f_max."""
         col = {"power_w_rel": 1, "time_s_rel": 2}[target]
-        z_train = (self.workload_features_ - self.feature_mean_) / self.feature_std_
-        z_rows = (self._features(table)[self.feature_names_[1:]] - self.feature_mean_) / self.feature_std_
-        out = np.empty(len(table))
-        for i, (f_rel, z) in enumerate(zip(table["f_rel"].to_numpy(), z_rows.to_numpy(), strict=True)):
-            d = np.nansum((z_train.to_numpy() - z) ** 2, axis=1)
-            near = np.argsort(d)[: self.n_neighbors]
-            logs = [np.interp(f_rel, self.curves_[wl][:, 0], np.log(self.curves_[wl][:, col]))
-                    for wl in z_train.index[near]]
-            out[i] = np.average(logs, weights=1.0 / (d[near] + 1e-3))
-        return out
+        z = (X.iloc[:, 1:].to_numpy(float) - self.feature_mean_) / self.feature_std_
+        d = np.nansum((self.workload_z_[None, :, :] - z[:, None, :]) ** 2, axis=2)  # rows x workloads
+        near = np.argsort(d, axis=1)[:, : self.n_neighbors]
+        f_rel = X["f_rel"].to_numpy(float)
+        curves = np.stack([np.interp(f_rel, self.curves_[wl][:, 0], self.curves_[wl][:, col])
+                           for wl in self.workloads_], axis=1)  # rows x workloads
+        w = 1.0 / (np.take_along_axis(d, near, axis=1) + 1e-3)
+        return np.sum(np.take_along_axis(curves, near, axis=1) * w, axis=1) / w.sum(axis=1)
 
     def _predict_rel(self, table: pd.DataFrame, target: str) -> np.ndarray:
         X = self._features(table)
-        boosted = np.mean([m.predict(X) for m in self.models_[target]], axis=0)
+        with self._threads():
+            boosted = np.mean([m.predict(X) for m in self.models_[target]], axis=0)
         if self.neighbor_weight <= 0:
             return np.exp(boosted)
-        return np.exp((1 - self.neighbor_weight) * boosted + self.neighbor_weight * self._neighbor_log_rel(table, target))
+        return np.exp((1 - self.neighbor_weight) * boosted + self.neighbor_weight * self._neighbor_log_rel(X, target))
 
     def predict_power(self, table: pd.DataFrame) -> np.ndarray:
-        return table["power_w_at_max"].values * self._predict_rel(table, "power_w_rel")
+        """Power (W) at each row's clock: ``power_w_at_max`` times the predicted P/P_max."""
+        return table["power_w_at_max"].to_numpy(float) * self._predict_rel(table, "power_w_rel")
 
     def predict_time(self, table: pd.DataFrame) -> np.ndarray:
-        return table["time_s_at_max"].values * self._predict_rel(table, "time_s_rel")
+        """Run time (s) at each row's clock: ``time_s_at_max`` times the predicted T/T_max."""
+        return table["time_s_at_max"].to_numpy(float) * self._predict_rel(table, "time_s_rel")
+
+    def extrapolation(self, table: pd.DataFrame) -> list[str]:
+        """Human-readable notes on where ``table`` leaves the ground the model was trained on.
+
+        One note per feature whose values in ``table`` fall below or above the training range
+        (with the workloads concerned), and one per GPU type not in the training data. Empty when
+        every row is inside: the predictions are then interpolations among measured workloads;
+        otherwise trees hold their edge value flat and the error is unknown.
+        """
+        notes = []
+        if "gpu" in table and self.trained_gpus_:
+            for g in sorted(str(g) for g in table["gpu"].dropna().unique() if str(g) not in self.trained_gpus_):
+                notes.append(f"GPU {g} not in training data ({', '.join(self.trained_gpus_)})")
+        X = self._features(table)
+        wl = table["workload"].astype(str).to_numpy() if "workload" in table else None
+        for c in self.feature_names_:
+            lo, hi = self.feature_ranges_[c]
+            v = X[c].to_numpy(float)
+            show = np.exp if c == "log_time_s_at_max" else (lambda x: x)
+            label = _LABELS.get(c, c)
+            for side, out, edge in (("below", v < lo - 1e-9 * abs(lo), v.min()), ("above", v > hi + 1e-9 * abs(hi),
+                                                                               v.max())):
+                if not out.any():
+                    continue
+                who = f" ({', '.join(sorted(set(wl[out]))[:5])})" if wl is not None else ""
+                notes.append(f"{label} {_fmt(show(edge))} {side} the trained {_fmt(show(lo))}-{_fmt(show(hi))}{who}")
+        return notes
+
+
+def _fmt(x: float) -> str:
+    """0.37, 1.00, 0.004, 21, 119, 2500: two decimals for fractions, three digits for seconds and watts."""
+    if x != 0 and abs(x) < 0.01:
+        return f"{x:.2g}"
+    if abs(x) < 10:
+        return f"{x:.2f}"
+    return f"{x:.3g}" if abs(x) < 1000 else f"{x:.0f}"
 
 
 def usable(table: pd.DataFrame) -> pd.DataFrame:
-    """Locked-clock rows that are not flagged outliers: what models fit and are scored on."""
+    """Locked-clock rows that are not flagged outliers: what models fit and are scored on.
+
+    Honours both screening verdicts ``features`` may give: the ``outlier`` flag and the
+    ``excluded`` reason ("" = usable).
+    """
     keep = ~table["is_default_clock"].astype(bool)
     if "outlier" in table:
-        keep &= ~table["outlier"].astype(bool)
+        keep &= ~table["outlier"].fillna(False).astype(bool)
+    if "excluded" in table:
+        keep &= table["excluded"].fillna("") == ""
     return table[keep]
 
 

@@ -1,0 +1,1 @@
+"""Models shipped with the package (skops files, see power_modeling.model_store); no code."""
