@@ -4,12 +4,21 @@ For each clock x run: lock the clock (and read it back) -> start the monitor -> 
 a subprocess (argument list, never a shell) -> stop the monitor -> write the row and the
 per-run files. Clocks are restored on every exit path (see ``profiling.clocks``). Starting
 the same command again continues the sweep: only runs without a row are done.
+
+Guided mode (``--profiling-mode guided``) measures only the clocks a planner asks for, one at a
+time: the max clock first, then wherever the cross-workload model (corrected by the probes so
+far) predicts the best objective, until the planner stops. The planner lives in
+``power_modeling`` and is found through the ``sd_energy.clock_planners`` entry point
+(``profiling.planning``): this layer never imports the layers above it. Each probe is an ordinary
+one-clock sweep, so rows, per-run files, clock restoring and resume work as in any other mode.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
+import math
 import os
 import platform
 import shlex
@@ -31,6 +40,7 @@ from .backends.base import SAMPLE_COLUMNS, GpuBackend
 from .cli_support import UserError, config_option, run_cli
 from .clocks import ClockGuard, Interrupted, restore_stale
 from .errors import GpuError
+from .planning import PlannerError, load_planner
 from .results import APP_CONFIG_FIELDS, ResultsDir, config_hash, run_id, write_atomic
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -59,12 +69,16 @@ def nearest(clocks: list[int], target: int, n: int = 3) -> list[int]:
 
 
 def select_clocks(mode: str, supported: list[int], custom: str | None, fmin: int | None, fmax: int | None,
-                  step: int | None, probes: int = 4) -> list[int | None]:
-    """The clock list of a sweep, validated against what the GPU supports."""
+                  step: int | None) -> list[int | None]:
+    """The clock list of a sweep, validated against what the GPU supports.
+
+    In guided mode these are the candidates the planner may choose from (a dvfs sweep's clocks);
+    which of them are measured is decided one probe at a time (``_run_guided``).
+    """
     if mode == "baseline":
         return [None]
-    if mode == "guided":  # the probe clocks; the predicted optimum is added after they are measured
-        return guided_probes(select_clocks("dvfs", supported, None, fmin, fmax, None), probes)
+    if mode == "guided":
+        return select_clocks("dvfs", supported, None, fmin, fmax, step)
     hi, lo = supported[0], supported[-1]
     if mode == "custom":
         if not custom:
@@ -97,39 +111,6 @@ def select_clocks(mode: str, supported: list[int], custom: str | None, fmin: int
             picked.append(best)
         target -= step
     return sorted(picked, reverse=True)
-
-
-def guided_probes(clocks: list[int], k: int) -> list[int]:
-    """``k`` clocks spread evenly over the range, the highest and lowest included."""
-    if k < 3:
-        raise UserError("--guided-probes", k, "needs at least 3 clocks to fit T = a + b/f and P = c + d f + e f^3")
-    if k > len(clocks):
-        raise UserError("--guided-probes", k, f"more probes than supported clocks in range ({len(clocks)})")
-    idx = sorted({round(i * (len(clocks) - 1) / (k - 1)) for i in range(k)})
-    return [clocks[i] for i in idx]
-
-
-def guided_choice(results: ResultsDir, candidates: list[int], objective: str, max_slowdown: float | None) -> dict:
-    """Fit the per-workload physical model on the measured probes and predict the best clock."""
-    import numpy as np
-
-    from power_modeling.features import feature_table
-    from power_modeling.io import load_runs
-    from power_modeling.models import PhysicalModel
-    from power_modeling.selection import objective_value
-
-    table = feature_table(load_runs([results.path]))
-    model = PhysicalModel().fit(table["sm_clock_mhz"], table["time_s_mean"], table["power_w_mean"])
-    f = np.array(candidates, dtype=float)
-    t, p = model.predict(f)
-    t_ref = model.predict([max(candidates)])[0][0]
-    ok = np.ones_like(t, bool) if max_slowdown is None else t <= t_ref * (1 + max_slowdown)
-    score = np.where(ok, objective_value(t * p, t, objective), np.inf)
-    i = int(np.argmin(score))
-    return {"clock_mhz": int(f[i]), "predicted_time_s": float(t[i]), "predicted_power_w": float(p[i]),
-            "predicted_energy_j": float(t[i] * p[i]), "objective": objective, "max_slowdown": max_slowdown,
-            "probes_mhz": sorted(int(c) for c in table["sm_clock_mhz"]),
-            "coef_time": model.coef_time_.tolist(), "coef_power": model.coef_power_.tolist()}
 
 
 def slice_clocks(clocks: list, spec: str | None) -> list:
@@ -330,9 +311,10 @@ class Sweep:
     def run(self) -> int:
         done = self.results.done_run_ids()
         todo = [r for r in self.plan.runs if run_id(r[0], r[1], r[2]) not in done]
-        if done:
+        if len(todo) < len(self.plan.runs):  # of this plan: a guided probe's directory holds other clocks' runs
             self.log(f"resuming: {len(self.plan.runs) - len(todo)} of {len(self.plan.runs)} runs already done")
-        if todo and not self.backend.replays and self.opts["idle_seconds"] > 0:
+        # Once per launch: guided mode runs one Sweep per probe and hands the first one's idle power on.
+        if todo and self.idle_power_w is None and not self.backend.replays and self.opts["idle_seconds"] > 0:
             self.idle_power_w = mon.measure_idle_power_w(self.backend, self.opts["idle_seconds"])
             if self.idle_power_w is not None:
                 self.log(f"idle power: {self.idle_power_w:.1f} W")
@@ -424,10 +406,14 @@ def _fmt(v, unit: str) -> str:
 @click.option("--resume", is_flag=True, help="Continue the newest results directory of this same sweep.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (clocks, runs, estimated time) and exit.")
 @click.option("--reset-clocks", is_flag=True, help="Reset clocks (and any left locked by a killed sweep), then exit.")
-@click.option("--guided-probes", type=int, default=4, show_default=True,
-              help="guided mode: clocks probed before predicting the optimum (>= 3).")
+@click.option("--guided-probes", type=int, default=5, show_default=True,
+              help="guided mode: most clocks measured, the max clock included (>= 2); fewer when the model "
+                   "predicts no further gain.")
+@click.option("--guided-model", default=None, metavar="FILE",
+              help="guided mode: a CrossWorkloadModel file (power_modeling.model_store.save_model). Default: the "
+                   "shipped model trained on 24 reference V100 apps (with activity counters when the run has them).")
 @click.option("--objective", default="edp", type=click.Choice(["energy", "edp", "ed2p"]), show_default=True,
-              help="guided mode: what the predicted clock minimises.")
+              help="guided mode: what the chosen clock minimises.")
 @click.option("--max-slowdown", type=float, default=0.05, show_default=True,
               help="guided mode: allowed slowdown vs the max clock (negative: none).")
 @click.option("--clock-slice", default=None, help="K/N: run only the K-th of N contiguous slices of the clock list "
@@ -469,6 +455,14 @@ def _check_options(o: dict) -> None:
         raise UserError("--warmup-runs", o["warmup_runs"], "must be >= 0")
     if o["timeout"] <= 0:
         raise UserError("--timeout", o["timeout"], "must be positive")
+    if o["profiling_mode"] == "guided":
+        if o["guided_probes"] < 2:
+            raise UserError("--guided-probes", o["guided_probes"], "must be at least 2 (the max clock and one more)")
+        if not math.isfinite(o["max_slowdown"]):
+            raise UserError("--max-slowdown", o["max_slowdown"], "must be a number (negative: no limit)")
+        if o["clock_slice"]:
+            raise UserError("--clock-slice", o["clock_slice"], "not with --profiling-mode guided: its probes are "
+                            "chosen one after the other, from what the earlier ones measured")
     if o["reset_clocks"] or o["profiling_tool"] == "replay":
         return
     exe = Path(o["app_executable"])
@@ -477,14 +471,18 @@ def _check_options(o: dict) -> None:
     if exe.suffix != ".py" and not os.access(exe, os.X_OK):
         raise UserError("--app-executable", o["app_executable"], "not executable (chmod +x, or give a .py file)")
     app_command(o["app_executable"], o["app_params"])  # fails early on unbalanced quotes
-    if o["output_dir"] and not o["dry_run"]:
-        try:
-            Path(o["output_dir"]).mkdir(parents=True, exist_ok=True)
-            probe = Path(o["output_dir"]) / f".write-test-{os.getpid()}"
-            probe.touch()
-            probe.unlink()
-        except OSError as exc:
-            raise UserError("--output-dir", o["output_dir"], f"not writable ({exc.strerror})") from None
+
+
+def _check_writable(out_dir: Path, option_value: str | None) -> None:
+    """Create the results directory and prove it writable; called only once every other check passed,
+    so a refused command (a bad --guided-model, say) leaves nothing behind."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise UserError("--output-dir", option_value or out_dir, f"not writable ({exc.strerror})") from None
 
 
 def _all_gpus(o: dict) -> int:
@@ -548,19 +546,28 @@ def _run(o: dict, backend: GpuBackend) -> int:
     except GpuError as exc:
         raise UserError("--memory-frequency" if o["memory_frequency"] else "--profiling-tool",
                         o["memory_frequency"] or backend.name, str(exc)) from None
+    guided = o["profiling_mode"] == "guided"
     clocks = select_clocks(o["profiling_mode"], supported, o["custom_frequencies"], o["min_frequency"],
-                           o["max_frequency"], o["frequency_step"], o["guided_probes"])
+                           o["max_frequency"], o["frequency_step"])
     clocks = slice_clocks(clocks, o["clock_slice"])
     plan = SweepPlan(clocks, o["num_runs"], o["warmup_runs"])
     command = [] if backend.replays else app_command(o["app_executable"], o["app_params"])
+    # Guided mode: "clocks" are the candidates. The planner's settings stay out of the hash on purpose:
+    # rows measured at a clock are the same measurements whatever planner asked for them, so a rerun
+    # with another --guided-probes or --guided-model reuses them instead of being refused.
     sweep_def = {"app": command, "mode": o["profiling_mode"], "clocks": clocks, "num_runs": o["num_runs"],
                  "warmup_runs": o["warmup_runs"], "backend": backend.name, "gpu_uuid": backend.uuid(),
                  "memory_frequency": o["memory_frequency"], "replay": [o["replay_source"], o["replay_app"]]}
     chash = config_hash(sweep_def)
     out_dir = _output_dir(o, gpu_type or "gpu", chash)
+    planner = _make_planner(o, clocks, gpu_type) if guided else None  # a bad --guided-model stops us here
     if o["dry_run"]:
-        _print_plan(plan, backend, gpu_type, command, out_dir, o)
+        if guided:
+            _print_guided_plan(clocks, backend, gpu_type, command, out_dir, o)
+        else:
+            _print_plan(plan, backend, gpu_type, command, out_dir, o)
         return 0
+    _check_writable(out_dir, o["output_dir"])
     results = ResultsDir(out_dir)
     old = results.manifest()
     if old and old.get("config_hash") != chash:
@@ -579,55 +586,198 @@ def _run(o: dict, backend: GpuBackend) -> int:
     }
     if backend.replays:
         manifest["replay"] = {"source": o["replay_source"], "app": o["replay_app"]}
+    if guided:
+        manifest["guided"] = {"planner": "guided", "model": o["guided_model"] or "shipped",
+                              "objective": o["objective"], "max_probes": o["guided_probes"],
+                              "max_slowdown": _slowdown(o)}
     results.create(manifest)
     click.echo(f"results: {out_dir}")
-    sweep = Sweep(backend, gpu_type, results, plan, command, o["app_name"] if not backend.replays else
-                  (o["replay_app"] or o["app_name"]), o)
+    workload = o["app_name"] if not backend.replays else (o["replay_app"] or o["app_name"])
+    if guided:
+        return _run_guided(o, planner, backend, gpu_type, results, command, workload, manifest)
+    sweep = Sweep(backend, gpu_type, results, plan, command, workload, o)
     try:
         failures = sweep.run()
     except Interrupted as exc:
         click.echo(f"interrupted ({exc}); clocks restored; run the same command again to finish the sweep", err=True)
         return 128 + exc.signum
-    if o["profiling_mode"] == "guided":
-        try:
-            failures += _guided_verify(o, backend, gpu_type, results, command, supported)
-        except Interrupted as exc:
-            click.echo(f"interrupted ({exc}); clocks restored; run the same command again to finish", err=True)
-            return 128 + exc.signum
     manifest["end_utc"] = datetime.now(timezone.utc).isoformat()
     results.write_manifest(manifest)
     click.echo(f"done: {len(plan.runs)} runs, {failures} not ok; results in {out_dir}")
     return 0
 
 
-def _guided_verify(o: dict, backend, gpu_type, results: ResultsDir, command, supported) -> int:
-    """Predict the best clock from the probes, measure it, and report how far the prediction was off."""
-    candidates = select_clocks("dvfs", supported, None, o["min_frequency"], o["max_frequency"], None)
-    slowdown = None if o["max_slowdown"] < 0 else o["max_slowdown"]
-    try:
-        choice = guided_choice(results, candidates, o["objective"], slowdown)
-    except ValueError as exc:  # e.g. every probe failed
-        click.echo(f"guided: cannot fit the probes ({exc}); no clock predicted", err=True)
-        return 1
-    f = choice["clock_mhz"]
-    click.echo(f"guided: predicted {o['objective']}-optimal clock {f} MHz from probes {choice['probes_mhz']}")
-    failures = 0
-    if f not in choice["probes_mhz"]:
-        failures = Sweep(backend, gpu_type, results, SweepPlan([f], o["num_runs"], o["warmup_runs"]), command,
-                         o["app_name"], o).run()
-    from power_modeling.features import feature_table
-    from power_modeling.io import load_runs
+# --------------------------------------------------------------------------- guided mode
 
-    measured = feature_table(load_runs([results.path])).set_index("sm_clock_mhz").loc[float(f)]
-    report = {**choice, "measured_time_s": float(measured["time_s_mean"]),
-              "measured_power_w": float(measured["power_w_mean"]), "measured_energy_j": float(measured["energy_j_mean"])}
-    for q in ("time_s", "power_w", "energy_j"):
-        report[f"error_{q}_pct"] = 100 * (report[f"predicted_{q}"] / report[f"measured_{q}"] - 1)
-    write_atomic(results.path / "guided.json", json.dumps(report, indent=2))
-    click.echo(f"guided: at {f} MHz predicted {report['predicted_energy_j']:.2f} J in {report['predicted_time_s']:.3f} s, "
-               f"measured {report['measured_energy_j']:.2f} J in {report['measured_time_s']:.3f} s "
-               f"(energy error {report['error_energy_j_pct']:+.1f} %, time error {report['error_time_s_pct']:+.1f} %)")
-    return failures
+# The planner's keyword arguments and the options they come from, for one-line errors.
+PLANNER_OPTIONS = {"model_path": "--guided-model", "max_probes": "--guided-probes", "objective": "--objective",
+                   "max_slowdown": "--max-slowdown", "gpu_type": "--gpu-type", "clocks": "--min-frequency"}
+WORK_PHASES = {"denoise_step", "text_encode", "vae_decode", "batch"}  # as power_modeling.io averages activity
+
+
+def _slowdown(o: dict) -> float | None:
+    return None if o["max_slowdown"] < 0 else float(o["max_slowdown"])
+
+
+def _planner_error(exc: PlannerError) -> UserError:
+    """A planner's complaint as the launcher's one-line error, naming the option the value came from."""
+    option = PLANNER_OPTIONS.get(exc.param or "", "--profiling-mode")
+    text = str(exc)
+    if exc.param == "model_path" and exc.value is None:
+        return UserError(option, "(default: the shipped model)", text)
+    if exc.param is None:
+        return UserError(option, "guided", text)
+    value = exc.value
+    if value is not None and text.startswith(f"{value}: "):  # load_model's messages start with the path
+        text = text[len(f"{value}: "):]
+    return UserError(option, value, text)
+
+
+def _make_planner(o: dict, clocks: list, gpu_type: str | None):
+    """The guided planner over the candidate clocks; every problem with its settings is a one-line error."""
+    try:
+        return load_planner("guided", clocks=[c for c in clocks if c is not None], model_path=o["guided_model"],
+                            objective=o["objective"], max_probes=o["guided_probes"], max_slowdown=_slowdown(o),
+                            stop_gain=0.0, gpu_type=gpu_type)
+    except PlannerError as exc:
+        raise _planner_error(exc) from None
+
+
+def _probe_runs(results: ResultsDir, clock: int, num_runs: int) -> list[dict]:
+    """The rows of ``clock``'s measured runs that count: ok, not warm-up, the lock applied.
+
+    The last row of a run id wins (a run interrupted and redone on resume has two).
+    """
+    latest = {r["run_id"]: r for r in results.read_rows()}
+    rows = [latest.get(run_id(clock, i, False)) for i in range(num_runs)]
+    return [r for r in rows if r and r["status"] == "ok" and r["clock_mismatch"] == "0"
+            and _finite(r["work_s"]) and _finite(r["work_energy_j"])]
+
+
+def _finite(text: str | None) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except (TypeError, ValueError):
+        return False
+
+
+def _run_activity(results: ResultsDir, rid: str, names: set[str]) -> dict[str, float]:
+    """A run's activity counters: what the replayed run recorded (apps JSON ``activity``), else the
+    mean over the run's work-phase samples of each counter column that has values (DCGM)."""
+    act = _read_json(results.file("apps", rid)).get("activity")
+    if isinstance(act, dict) and act:
+        return {k: float(v) for k, v in act.items() if k in names and _finite(v)}
+    path = results.file("samples", rid)
+    try:
+        with open(path, newline="") as fh:
+            samples = list(csv.DictReader(fh))
+    except OSError:
+        return {}
+    work = [s for s in samples if s.get("phase") in WORK_PHASES] or samples
+    out = {}
+    for name in names & set(samples[0] if samples else {}):
+        vals = [float(s[name]) for s in work if _finite(s.get(name))]
+        if vals:
+            out[name] = sum(vals) / len(vals)
+    return out
+
+
+def _probe_features(results: ResultsDir, rows: list[dict]) -> dict[str, float]:
+    """Each activity counter averaged over the probe's usable runs (those that have it)."""
+    from .backends.replay import ACTIVITY_COLUMNS
+
+    names = set(ACTIVITY_COLUMNS.values())
+    per_run = [_run_activity(results, r["run_id"], names) for r in rows]
+    keys = sorted({k for a in per_run for k in a})
+    return {k: sum(a[k] for a in per_run if k in a) / sum(k in a for a in per_run) for k in keys}
+
+
+def _run_guided(o: dict, planner, backend: GpuBackend, gpu_type: str | None, results: ResultsDir,
+                command: list[str], workload: str, manifest: dict) -> int:
+    """Measure the clocks the planner asks for, one probe (a one-clock sweep) at a time, until it stops.
+
+    Each probe is read back from runs.csv, not from memory, so a resumed launch feeds the planner
+    exactly what the first one measured and takes the same path up to where it was stopped.
+    """
+    failures, runs, idle, n = 0, 0, None, 0
+    try:
+        while (f := planner.next_clock()) is not None:
+            clock = int(round(f))
+            n += 1
+            click.echo(f"guided: probe {n}: {clock} MHz")
+            sweep = Sweep(backend, gpu_type, results, SweepPlan([clock], o["num_runs"], o["warmup_runs"]), command,
+                          workload, o)
+            sweep.idle_power_w = idle
+            before = len(results.done_run_ids())
+            failures += sweep.run()
+            idle, runs = sweep.idle_power_w, runs + len(sweep.plan.runs)
+            rows = _probe_runs(results, clock, o["num_runs"])
+            if not rows:
+                click.echo(f"guided: no usable run at {clock} MHz (failed, or the clock did not lock)", err=True)
+            planner.observe(float(clock), [float(r["work_s"]) for r in rows],
+                            [float(r["work_energy_j"]) for r in rows], _probe_features(results, rows))
+            if len(results.done_run_ids()) > before and o["sleep_interval"] > 0 and not backend.replays:
+                time.sleep(o["sleep_interval"])  # the cool-down between runs, also between probes
+    except Interrupted as exc:
+        click.echo(f"interrupted ({exc}); clocks restored; run the same command again to finish the search", err=True)
+        return 128 + exc.signum
+    except PlannerError as exc:
+        raise _planner_error(exc) from None
+    result = planner.result()
+    write_atomic(results.path / "guided.json", json.dumps(result, indent=2))
+    manifest["end_utc"] = datetime.now(timezone.utc).isoformat()
+    manifest["guided"] = {**manifest.get("guided", {}), "clock_mhz": result.get("clock_mhz"),
+                          "probes_mhz": result.get("probes_mhz"), "stop_reason": result.get("stop_reason")}
+    results.write_manifest(manifest)
+    for line in guided_summary(result):
+        click.echo(line)
+    click.echo(f"done: {runs} runs, {failures} not ok; results in {results.path}")
+    return 0 if result.get("clock_mhz") is not None else 1
+
+
+def _pct(value, lo, hi) -> str:
+    if value is None:
+        return "unknown"
+    if lo is None or hi is None:
+        return f"{value:.1f} % (interval unknown)"
+    return f"{value:.1f} % [{lo:.1f}, {hi:.1f}]"
+
+
+def guided_summary(r: dict) -> list[str]:
+    """A few lines a reader can act on: the clock, what it saves (with its interval), how it was found."""
+    probes = r.get("probes_mhz") or []
+    model = (r.get("model") or {}).get("source") or "?"
+    if (r.get("model") or {}).get("path"):
+        model = f"{model} {r['model']['path']}"
+    if r.get("clock_mhz") is None:
+        return [f"guided: no clock chosen: {r.get('stop_reason') or 'no probe measured'}"]
+    name = {"energy": "energy", "edp": "EDP", "ed2p": "ED2P"}.get(r.get("objective"), r.get("objective"))
+    cap = "" if r.get("max_slowdown") is None else f" at <= {100 * r['max_slowdown']:.0f} % slowdown"
+    if r["clock_mhz"] == r.get("reference_clock_mhz"):
+        first = f"guided: keep {r['clock_mhz']:.0f} MHz (the max clock): no measured clock had a lower {name}{cap}"
+    else:
+        first = (f"guided: use {r['clock_mhz']:.0f} MHz for minimum {name}{cap} (vs {r['reference_clock_mhz']:.0f} "
+                 f"MHz): energy saved "
+                 f"{_pct(r.get('energy_saved_pct'), r.get('energy_saved_lo_pct'), r.get('energy_saved_hi_pct'))}, "
+                 f"slowdown {_pct(r.get('slowdown_pct'), r.get('slowdown_lo_pct'), r.get('slowdown_hi_pct'))}")
+    lines = [first, f"guided: {len(probes)} clocks measured ({', '.join(f'{p:.0f}' for p in probes)} MHz); "
+                    f"stopped: {r.get('stop_reason') or '-'}; model: {model}"]
+    if r.get("extrapolation"):
+        lines.append(f"guided: the model extrapolates here: {'; '.join(r['extrapolation'])}")
+    return lines
+
+
+def _print_guided_plan(clocks: list, backend, gpu_type, command, out_dir, o) -> None:
+    k = o["guided_probes"]
+    per_clock = o["num_runs"] + o["warmup_runs"]
+    click.echo(f"GPU: {backend.device_name()} [{gpu_type}] via {backend.name}, index {backend.index}")
+    click.echo(f"mode: guided; candidate clocks ({len(clocks)}): {clocks[0]}-{clocks[-1]} MHz; probes are chosen "
+               f"adaptively, one at a time: first the max clock ({clocks[0]} MHz), then where the model predicts "
+               f"the best {o['objective']}; at most {k} clocks, fewer when no further gain is predicted")
+    click.echo(f"model: {o['guided_model'] or 'shipped (with activity counters when the first probe has them)'}")
+    click.echo(f"runs: at most {k * per_clock} ({o['num_runs']} per clock + {o['warmup_runs']} warm-up)")
+    click.echo(f"app: {shlex.join(command) if command else '(replayed)'}")
+    click.echo(f"output: {out_dir}")
 
 
 def _output_dir(o: dict, gpu_type: str, chash: str) -> Path:
