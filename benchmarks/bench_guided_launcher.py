@@ -18,7 +18,7 @@ EDP over the best EDP among the application's usable clocks (screened rows left 
 The launcher runs in this process (``profiling.launch.main``, the same entry point as
 ``launch.sh``) so the model files are loaded once per file rather than once per subprocess.
 
-Run: ``.venv/bin/python benchmarks/bench_guided_launcher.py`` (about 4-6 minutes on 2 cores, most
+Run: ``.venv/bin/python benchmarks/bench_guided_launcher.py`` (about 2 minutes on 2 busy cores, half
 of it fitting the 24 held-out models); ``--apps NAMD,LSTM`` for a subset.
 """
 
