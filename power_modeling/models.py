@@ -183,10 +183,12 @@ class CrossWorkloadModel(BaseEstimator):
     ``n_threads`` caps the BLAS/OpenMP thread pools during ``fit`` and prediction (None: library
     defaults). The data are small (~2800 rows): with default pools on a 2-core machine the
     histogram booster's OpenMP threads oversubscribe the cores and leave-one-workload-out over the
-    24 reference apps took 224-261 s instead of ~50 s. ``n_estimators=100, learning_rate=0.1``
-    (was 300 and 0.05) cuts it to ~17 s at the same LOWO accuracy; guided EDP regret depends more
-    on ``random_state`` than on the stage count (mean 0.96-1.79 % over five seeds, against
-    1.11-2.34 % with 300 stages; benchmarks/bench_cross_model.py).
+    24 reference apps took 224-303 s instead of 41-77 s with one thread. ``n_estimators=100,
+    learning_rate=0.1`` (was 300 and 0.05) cuts it to ~19 s at the same LOWO accuracy (power
+    MAPE 4.28 vs 4.22 %, time 2.59 vs 2.57 %). Guided EDP regret moves more with
+    ``random_state`` than with the stage count: one app (NAMD) lands anywhere from <5 % to 26 % regret
+    depending on the seed; over seeds 0-4 the mean regret is 1.03-2.40 % (average 1.47 %) with
+    100 stages and 1.72-2.24 % (2.00 %) with 300 (benchmarks/bench_cross_model.py).
 
     The fitted model records what it was trained on (``workloads_``, ``trained_gpus_``,
     ``feature_ranges_``) so ``extrapolation`` can say where a prediction leaves that ground.
@@ -315,25 +317,31 @@ class CrossWorkloadModel(BaseEstimator):
         One note per feature whose values in ``table`` fall below or above the training range
         (with the workloads concerned), and one per GPU type not in the training data. Empty when
         every row is inside: the predictions are then interpolations among measured workloads;
-        otherwise trees hold their edge value flat and the error is unknown.
+        otherwise trees hold their edge value flat and the error is unknown. Raises ``DataError``,
+        as the predictions do, when ``table`` lacks a feature the model needs.
         """
         notes = []
         if "gpu" in table and self.trained_gpus_:
             for g in sorted(str(g) for g in table["gpu"].dropna().unique() if str(g) not in self.trained_gpus_):
                 notes.append(f"GPU {g} not in training data ({', '.join(self.trained_gpus_)})")
         X = self._features(table)
+        if X.empty:
+            return notes
         wl = table["workload"].astype(str).to_numpy() if "workload" in table else None
         for c in self.feature_names_:
             lo, hi = self.feature_ranges_[c]
             v = X[c].to_numpy(float)
-            show = np.exp if c == "log_time_s_at_max" else (lambda x: x)
-            label = _LABELS.get(c, c)
-            for side, out, edge in (("below", v < lo - 1e-9 * abs(lo), v.min()), ("above", v > hi + 1e-9 * abs(hi),
-                                                                               v.max())):
+            shown = (lambda x: float(np.exp(x))) if c == "log_time_s_at_max" else float
+            tol = 1e-9 * max(abs(lo), abs(hi), 1.0)  # float noise at the edges is not extrapolation
+            for side, out, edge in (("below", v < lo - tol, v.min()), ("above", v > hi + tol, v.max())):
                 if not out.any():
                     continue
-                who = f" ({', '.join(sorted(set(wl[out]))[:5])})" if wl is not None else ""
-                notes.append(f"{label} {_fmt(show(edge))} {side} the trained {_fmt(show(lo))}-{_fmt(show(hi))}{who}")
+                who = ""
+                if wl is not None:
+                    names = sorted(set(wl[out]))
+                    who = f" ({', '.join(names[:5])}{f' and {len(names) - 5} more' if len(names) > 5 else ''})"
+                notes.append(f"{_LABELS.get(c, c)} {_fmt(shown(edge))} {side} the trained "
+                             f"{_fmt(shown(lo))}-{_fmt(shown(hi))}{who}")
         return notes
 
 
