@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -15,7 +16,14 @@ from profiling.cli_support import UserError, run_cli
 
 from . import features as feat
 from .io import DataError, load_runs
-from .models import CrossWorkloadModel, FGCSModel, PhysicalModel, leave_one_workload_out, usable
+from .models import (
+    CrossWorkloadModel,
+    FGCSModel,
+    PhysicalModel,
+    activity_columns,
+    leave_one_workload_out,
+    usable,
+)
 from .selection import OBJECTIVES, choose_all, evaluate_guided
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
@@ -56,6 +64,41 @@ def show(df: pd.DataFrame) -> str:
     return df.to_string(index=False, float_format=lambda x: f"{x:.4g}", na_rep="-")
 
 
+class Progress:
+    """``fold 3/24 (bfs), 12 s`` on stderr once a loop has run for a few seconds: silent when quick.
+
+    A terminal gets one line rewritten in place; a file (a SLURM .out) gets timestamped lines.
+    """
+
+    def __init__(self, what: str, after_s: float = 3.0):
+        self.what, self.after_s, self.t0 = what, after_s, time.monotonic()
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, done: int, total: int, item: str) -> None:
+        elapsed = time.monotonic() - self.t0
+        if elapsed < self.after_s:
+            return
+        eta = f", about {elapsed / done * (total - done):.0f} s left" if done else ""
+        line = f"{self.what} {done + 1}/{total} ({item}), {elapsed:.0f} s{eta}"
+        if self.tty:
+            click.echo(f"\r{line}\033[K", err=True, nl=False)
+        else:
+            click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown and self.tty:
+            click.echo("", err=True)
+
+
+def _cross_model_factory(table: pd.DataFrame):
+    """CrossWorkloadModel with activity counters when every workload has them (DCGM, the reference
+    data), without them otherwise (NVML-only runs such as the Stable Diffusion sweeps)."""
+    has_activity = bool(activity_columns(table))
+    return lambda: CrossWorkloadModel(use_activity=has_activity)
+
+
 def _slowdown(v: float) -> float | None:
     return None if v < 0 else v
 
@@ -93,8 +136,15 @@ def features(results, gpu, out):
 @cli.command()
 @_common
 @click.option("--model", "kind", default="physical", type=click.Choice(["physical", "cross", "fgcs"]), show_default=True)
-def fit(results, gpu, out, kind):
+@click.option("--save", "save", default=None, metavar="FILE",
+              help="cross: also fit on every workload and save the model (safe skops format) for "
+                   "launch.sh --guided-model FILE.")
+def fit(results, gpu, out, kind, save):
     """Fit a model. physical: per workload; cross/fgcs: across workloads with leave-one-workload-out CV."""
+    if save is not None and kind != "cross":
+        raise UserError("--save", save, "only a cross-workload model can be saved (add --model cross)")
+    if save is not None and not Path(save).parent.is_dir():
+        raise UserError("--save", save, "its directory does not exist")
     runs, table = _load(results, gpu, need_clocks=3)
     if kind == "physical":
         rows = []
@@ -112,12 +162,25 @@ def fit(results, gpu, out, kind):
         if table["workload"].nunique() < 3:
             raise UserError("--model", kind, f"needs at least 3 workloads for cross-validation, "
                             f"the data has {table['workload'].nunique()}")
+        make = _cross_model_factory(table) if kind == "cross" else FGCSModel
+        progress = Progress("leave-one-workload-out: fold")
         try:
-            result = leave_one_workload_out(table, CrossWorkloadModel if kind == "cross" else FGCSModel)
+            result = leave_one_workload_out(table, make, progress=progress)
         except DataError as exc:
             raise UserError("--model", kind, str(exc)) from None
+        finally:
+            progress.close()
         means = result[[c for c in result.columns if c.endswith(("_mape", "_r2"))]].mean()
         click.echo("leave-one-workload-out: " + ", ".join(f"{k} {v:.4f}" for k, v in means.items()))
+        if save is not None:
+            from .model_store import save_model
+
+            model = make().fit(usable(table))
+            meta = {"trained_on": sorted(str(s) for s in runs["source"].unique()),
+                    "lowo": {k: round(float(v), 5) for k, v in means.items()}}
+            path = save_model(model, save, meta)
+            click.echo(f"saved {path} ({len(model.workloads_)} workloads, {', '.join(model.trained_gpus_)}; "
+                       f"{'with' if model.activity_names_ else 'without'} activity counters)")
     click.echo(show(result))
     if (o := _out(out)) is not None:
         result.to_csv(o / f"fit_{kind}.csv", index=False)
@@ -178,7 +241,12 @@ def select(results, gpu, out, objective, max_slowdown, choose_on, guided):
             raise UserError("--guided", guided, "needs at least 2 probe clocks")
         if table["workload"].nunique() < 3:
             raise UserError("--guided", guided, "needs at least 3 workloads to train the cross-workload model")
-        reg = evaluate_guided(table, CrossWorkloadModel, objective, guided, _slowdown(max_slowdown))
+        progress = Progress("guided search: workload")
+        try:
+            reg = evaluate_guided(table, _cross_model_factory(table), objective, guided, _slowdown(max_slowdown),
+                                  progress=progress)
+        finally:
+            progress.close()
         click.echo(show(reg))
         click.echo(f"guided ({guided} probes): mean regret {reg['regret_pct'].mean():.2f} %, "
                    f"p90 {reg['regret_pct'].quantile(0.9):.2f} %")
@@ -189,13 +257,15 @@ def select(results, gpu, out, objective, max_slowdown, choose_on, guided):
 @cli.command()
 @_common
 @_objective
-def report(results, gpu, out, objective, max_slowdown):
-    """HTML + Markdown report with plots and CSV tables."""
+@_choose_on
+def report(results, gpu, out, objective, max_slowdown, choose_on):
+    """HTML + Markdown report with plots and CSV tables (default --out: RESULTS/report, or beside a CSV)."""
     from .report import build_report
 
     runs, table = _load(results, gpu, need_clocks=2)
-    out_dir = _out(out) or Path(results[0]) / "report"
-    files = build_report(runs, table, out_dir, objective, _slowdown(max_slowdown))
+    first = Path(results[0])
+    out_dir = _out(out) or _out(str((first.parent if first.is_file() else first) / "report"))
+    files = build_report(runs, table, out_dir, objective, _slowdown(max_slowdown), choose_on=choose_on)
     if runs["synthetic"].any():
         click.echo("note: synthetic data (simulated GPU); the report says so on every page")
     click.echo(f"report: {files['html']}")

@@ -35,6 +35,9 @@ from .io import DataError
 from .selection import OBJECTIVES, GuidedSearch
 
 POWER_TDP = "power_tdp_at_max"
+# Held-out reference apps, launcher with early stop (docs/BENCHMARKS.md): stopping from the 2nd probe
+# on gave 2.65 % mean EDP regret with 2.5 clocks, from the 4th 1.08 % with 4 (5 fixed probes: 1.12 %).
+DEFAULT_MIN_PROBES = 4
 
 
 def gpu_tdp_w(gpu_type: str | None) -> float | None:
@@ -81,11 +84,14 @@ class GuidedPlanner:
 
     def __init__(self, clocks: Sequence[float], model_path: str | Path | None = None, objective: str = "edp",
                  max_probes: int = 5, max_slowdown: float | None = None, min_gap: float = 0.05,
-                 stop_gain: float | None = 0.0, gpu_type: str | None = None):
+                 stop_gain: float | None = 0.0, gpu_type: str | None = None, min_probes: int | None = None):
         if objective not in OBJECTIVES:
             raise PlannerError(f"unknown objective; choose from {', '.join(OBJECTIVES)}", "objective", objective)
         if not isinstance(max_probes, (int, np.integer)) or max_probes < 2:
             raise PlannerError("must be at least 2 (the max clock and one more)", "max_probes", max_probes)
+        min_probes = min(DEFAULT_MIN_PROBES, max_probes) if min_probes is None else min_probes
+        if not isinstance(min_probes, (int, np.integer)) or not 1 <= min_probes <= max_probes:
+            raise PlannerError(f"must be between 1 and the most probes ({max_probes})", "min_probes", min_probes)
         if max_slowdown is not None and not (math.isfinite(max_slowdown) and max_slowdown >= 0):
             raise PlannerError("must be a finite fraction >= 0, or None for no limit", "max_slowdown", max_slowdown)
         cands = sorted({float(c) for c in clocks}, reverse=True)
@@ -109,7 +115,8 @@ class GuidedPlanner:
             self.model, self.model_info = model, _model_info(model, "file", self.model_path)
         else:
             self._check_shipped()
-        self.search = GuidedSearch(cands, self.model, objective, int(max_probes), max_slowdown, min_gap, stop_gain)
+        self.search = GuidedSearch(cands, self.model, objective, int(max_probes), max_slowdown, min_gap, stop_gain,
+                                   int(min_probes))
 
     # ---- model choice
     def _needs_tdp(self, model) -> None:
@@ -217,14 +224,18 @@ class GuidedPlanner:
 
 def make_planner(clocks: Sequence[float], model_path: str | Path | None = None, objective: str = "edp",
                  max_probes: int = 5, max_slowdown: float | None = None, min_gap: float = 0.05,
-                 stop_gain: float | None = 0.0, gpu_type: str | None = None) -> GuidedPlanner:
+                 stop_gain: float | None = 0.0, gpu_type: str | None = None,
+                 min_probes: int | None = None) -> GuidedPlanner:
     """The guided planner (entry point ``guided`` of ``sd_energy.clock_planners``).
 
     ``clocks``: the candidate SM clocks (MHz); ``model_path``: a saved ``CrossWorkloadModel``
     (default: the shipped one, with or without activity counters as the max-clock probe allows);
     ``max_probes``: most clocks measured, the max clock included; ``stop_gain``: stop early when
     the next probe is not predicted to beat the best measured one by more than this fraction plus
-    the noise (None: never stop early); ``gpu_type``: for its TDP. Raises
+    the noise (None: never stop early), but never before ``min_probes`` clocks are measured
+    (default: 4, or ``max_probes`` if fewer);
+    ``gpu_type``: for its TDP. Raises
     ``profiling.planning.PlannerError`` naming the argument at fault.
     """
-    return GuidedPlanner(clocks, model_path, objective, max_probes, max_slowdown, min_gap, stop_gain, gpu_type)
+    return GuidedPlanner(clocks, model_path, objective, max_probes, max_slowdown, min_gap, stop_gain, gpu_type,
+                         min_probes)

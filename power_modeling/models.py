@@ -393,14 +393,19 @@ def fit_held_out(locked: pd.DataFrame, make_model, workload: str, fitted: dict |
     return model
 
 
-def leave_one_workload_out(table: pd.DataFrame, make_model, fitted: dict | None = None) -> pd.DataFrame:
+def leave_one_workload_out(table: pd.DataFrame, make_model, fitted: dict | None = None,
+                           progress=None) -> pd.DataFrame:
     """Fit on all workloads but one, predict the held-out one at every clock; one row per workload.
 
     ``fitted``: a dict to reuse/keep the per-fold models (``evaluate_guided`` needs the same ones).
+    ``progress(done, total, workload)`` is called before each fold.
     """
     locked = usable(table)
     rows = []
-    for wl in sorted(locked["workload"].unique()):
+    names = sorted(locked["workload"].unique())
+    for i, wl in enumerate(names):
+        if progress is not None:
+            progress(i, len(names), wl)
         test = locked[locked["workload"] == wl]
         model = fit_held_out(locked, make_model, wl, fitted)
         p, t = model.predict_power(test), model.predict_time(test)

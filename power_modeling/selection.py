@@ -410,15 +410,19 @@ class GuidedSearch:
     The first probe is the max clock; from it the cross-workload model predicts power and time at
     every clock. Each further probe goes to the optimum of that prediction tilted to fit the probes
     so far (at least ``min_gap * f_max`` from every earlier probe, so each run adds information
-    beyond noise). The search stops after ``max_probes``, or earlier when ``stop_gain`` is set and
-    the next probe's predicted objective is not below the best measured one by more than
-    ``stop_gain`` plus the best probe's own relative noise. The choice is the best *measured* probe.
+    beyond noise). The search stops after ``max_probes``, or earlier when ``stop_gain`` is set, at
+    least ``min_probes`` clocks are measured, and the next probe's predicted objective is not below
+    the best measured one by more than ``stop_gain`` plus the best probe's own relative noise. The
+    choice is the best *measured* probe. ``min_probes`` matters: a model that has not seen the
+    workload is confidently wrong often enough that stopping after 2-3 probes doubled the regret
+    on held-out reference apps (docs/BENCHMARKS.md).
     On the reference data this sequential search beats fixed probes at the predicted optimum and
     +-12 % around it (EDP regret 1.7 % vs 1.8 % mean, 3.9 % vs 5.7 % p90; docs/BENCHMARKS.md).
     """
 
     def __init__(self, clocks: Sequence[float], cross_model, objective: str = "edp", max_probes: int = 4,
-                 max_slowdown: float | None = None, min_gap: float = 0.05, stop_gain: float | None = None):
+                 max_slowdown: float | None = None, min_gap: float = 0.05, stop_gain: float | None = None,
+                 min_probes: int = 4):
         if objective not in OBJECTIVES:
             raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
         self.clocks = np.array(sorted({float(c) for c in clocks}, reverse=True))
@@ -428,6 +432,7 @@ class GuidedSearch:
         self.max_slowdown = max_slowdown
         self.min_gap = min_gap
         self.stop_gain = stop_gain
+        self.min_probes = min_probes
         self.probes: dict[float, Probe] = {}
         self.stop_reason = ""
         self._hat: tuple[np.ndarray, np.ndarray] | None = None
@@ -480,7 +485,7 @@ class GuidedSearch:
             self.stop_reason = "no unprobed clock left at the minimum gap"
             return None
         nxt = far[0]
-        if self.stop_gain is not None:
+        if self.stop_gain is not None and len(self.probes) >= self.min_probes:
             best = self.best()
             mean, std, n = best.stats(self.objective)
             noise = (std / mean / np.sqrt(n)) if n > 1 and np.isfinite(std) else 0.0
@@ -558,17 +563,21 @@ def guided_choice(measure: Callable[[int], pd.Series], clocks: list[int], cross_
 
 
 def evaluate_guided(table: pd.DataFrame, make_cross_model, objective: str = "edp", k: int = 4,
-                    max_slowdown: float | None = None, fitted: dict | None = None, min_gap: float = 0.05) -> pd.DataFrame:
+                    max_slowdown: float | None = None, fitted: dict | None = None, min_gap: float = 0.05,
+                    progress=None) -> pd.DataFrame:
     """Leave-one-workload-out regret of the guided choice against the best measured clock.
 
     Screened-out rows (``features``) are left out of the truth as of the fits, so a counter glitch
-    at one clock cannot pose as the optimum.
+    at one clock cannot pose as the optimum. ``progress(done, total, workload)`` is called per fold.
     """
     from .models import fit_held_out, usable
 
     locked = usable(table)
     rows = []
-    for wl in sorted(locked["workload"].unique()):
+    names = sorted(locked["workload"].unique())
+    for i, wl in enumerate(names):
+        if progress is not None:
+            progress(i, len(names), wl)
         test = locked[locked["workload"] == wl].set_index("sm_clock_mhz", drop=False)
         model = fit_held_out(locked, make_cross_model, wl, fitted)
         g = guided_choice(lambda f, test=test: test.loc[f], list(test.index), model, objective, k, max_slowdown, min_gap)

@@ -409,6 +409,8 @@ def _fmt(v, unit: str) -> str:
 @click.option("--guided-probes", type=int, default=5, show_default=True,
               help="guided mode: most clocks measured, the max clock included (>= 2); fewer when the model "
                    "predicts no further gain.")
+@click.option("--guided-min-probes", type=int, default=4, show_default=True,
+              help="guided mode: clocks measured before the search may stop early (1 to --guided-probes).")
 @click.option("--guided-model", default=None, metavar="FILE",
               help="guided mode: a CrossWorkloadModel file (power_modeling.model_store.save_model). Default: the "
                    "shipped model trained on 24 reference V100 apps (with activity counters when the run has them).")
@@ -458,6 +460,8 @@ def _check_options(o: dict) -> None:
     if o["profiling_mode"] == "guided":
         if o["guided_probes"] < 2:
             raise UserError("--guided-probes", o["guided_probes"], "must be at least 2 (the max clock and one more)")
+        if o["guided_min_probes"] < 1:
+            raise UserError("--guided-min-probes", o["guided_min_probes"], "must be at least 1")
         if not math.isfinite(o["max_slowdown"]):
             raise UserError("--max-slowdown", o["max_slowdown"], "must be a number (negative: no limit)")
         if o["clock_slice"]:
@@ -589,6 +593,7 @@ def _run(o: dict, backend: GpuBackend) -> int:
     if guided:
         manifest["guided"] = {"planner": "guided", "model": o["guided_model"] or "shipped",
                               "objective": o["objective"], "max_probes": o["guided_probes"],
+                              "min_probes": min(o["guided_min_probes"], o["guided_probes"]),
                               "max_slowdown": _slowdown(o)}
     results.create(manifest)
     click.echo(f"results: {out_dir}")
@@ -611,6 +616,7 @@ def _run(o: dict, backend: GpuBackend) -> int:
 
 # The planner's keyword arguments and the options they come from, for one-line errors.
 PLANNER_OPTIONS = {"model_path": "--guided-model", "max_probes": "--guided-probes", "objective": "--objective",
+                   "min_probes": "--guided-min-probes",
                    "max_slowdown": "--max-slowdown", "gpu_type": "--gpu-type", "clocks": "--min-frequency"}
 WORK_PHASES = {"denoise_step", "text_encode", "vae_decode", "batch"}  # as power_modeling.io averages activity
 
@@ -638,7 +644,7 @@ def _make_planner(o: dict, clocks: list, gpu_type: str | None):
     try:
         return load_planner("guided", clocks=[c for c in clocks if c is not None], model_path=o["guided_model"],
                             objective=o["objective"], max_probes=o["guided_probes"], max_slowdown=_slowdown(o),
-                            stop_gain=0.0, gpu_type=gpu_type)
+                            stop_gain=0.0, gpu_type=gpu_type, min_probes=min(o["guided_min_probes"], o["guided_probes"]))
     except PlannerError as exc:
         raise _planner_error(exc) from None
 

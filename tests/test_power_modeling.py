@@ -449,3 +449,19 @@ def test_cli_predict_never_calls_a_measured_clock_extrapolated(tmp_path):
     assert p.returncode == 0, p.stderr
     pred = pd.read_csv(tmp_path / "predictions.csv").set_index("sm_clock_mhz")["extrapolated"]
     assert not pred[1785.0] and not pred[645.0] and not pred[1000.0] and pred[1900.0]
+
+
+def test_cli_fit_save_is_for_cross_models_only(tmp_path):
+    p = _pm("fit", str(ARTEFACTS / "clean_coarse.csv"), "--save", str(tmp_path / "m.skops"))
+    assert p.returncode == 2 and "--save" in p.stderr and "--model cross" in p.stderr
+    p = _pm("fit", str(ARTEFACTS / "clean_coarse.csv"), "--model", "cross", "--save", str(tmp_path / "no" / "m.skops"))
+    assert p.returncode == 2 and "its directory does not exist" in p.stderr and not (tmp_path / "no").exists()
+
+
+def test_cli_report_choose_on_fit_and_default_location_beside_a_csv(tmp_path):
+    csv = tmp_path / "single_run.csv"
+    csv.write_text((ARTEFACTS / "single_run.csv").read_text())
+    p = _pm("report", str(csv), "--choose-on", "fit", "--max-slowdown", "-1")
+    assert p.returncode == 0, p.stderr
+    choices = pd.read_csv(tmp_path / "report" / "choices.csv")
+    assert (choices["chosen_on"] == "fit").any() and (choices["clock_mhz"] == choices["fitted_mhz"]).all()
