@@ -11,6 +11,7 @@ axes with two dozen colour-cycled curves cannot be read.
 from __future__ import annotations
 
 import base64
+import contextlib
 import glob
 import html
 import json
@@ -941,6 +942,7 @@ def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: 
                "clocks": int(table["sm_clock_mhz"].nunique()), "synthetic": synthetic,
                "noisy_groups": int(table["noisy"].sum()), "objective": objective, "max_slowdown": max_slowdown,
                "choose_on": choose_on, "verdicts": main["verdict"].value_counts().to_dict()}
+    summary["guided"] = guided_results(runs)
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     doc = _document(summary, main, all_choices, table, fit_table, figures, few)
     (out / "report.md").write_text(_markdown(doc, pngs))
@@ -976,6 +978,8 @@ def _document(summary: dict, main: pd.DataFrame, all_choices: pd.DataFrame, tabl
         doc.append(("list", list(main["summary"])))
     doc.append(("h2", "The choice for each objective"))
     doc.append(("table", objectives_table(all_choices)))
+    for source, g in summary.get("guided", {}).items():
+        doc += _guided_blocks(source, g)
     for key, (_, title, caption) in figures.items():
         doc.append(("h2", title))
         doc.append(("img", key, caption))
@@ -1013,6 +1017,44 @@ def _document(summary: dict, main: pd.DataFrame, all_choices: pd.DataFrame, tabl
     else:
         doc.append(("p", "none"))
     return doc
+
+
+def guided_results(runs: pd.DataFrame) -> dict[str, dict]:
+    """``guided.json`` of every results directory in the data (the launcher's guided mode writes it)."""
+    out = {}
+    for source in runs["source"].astype(str).unique() if "source" in runs else []:
+        path = Path(source) / "guided.json"
+        if path.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                out[source] = json.loads(path.read_text())
+    return out
+
+
+def _guided_blocks(source: str, g: dict) -> list[tuple]:
+    """What the guided search measured, chose and why it stopped; where its model extrapolated."""
+    name = OBJECTIVE_NAME.get(g.get("objective", "edp"), "EDP")
+    saved = interval_text(*(np.nan if g.get(f"energy_saved{k}_pct") is None else g[f"energy_saved{k}_pct"]
+                            for k in ("", "_lo", "_hi")))
+    blocks: list[tuple] = [("h2", f"Guided search ({Path(source).name})"),
+                           ("p", f"Chosen for minimum {name}: {g.get('clock_mhz', float('nan')):.0f} MHz, energy saved "
+                                 f"{saved} % vs {g.get('reference_clock_mhz', float('nan')):.0f} MHz, from "
+                                 f"{len(g.get('probes_mhz', []))} measured clocks "
+                                 f"({', '.join(f'{f:.0f}' for f in g.get('probes_mhz', []))} MHz). The model alone "
+                                 f"predicted {g.get('predicted_clock_mhz', float('nan')):.0f} MHz. Stopped: "
+                                 f"{g.get('stop_reason') or 'n/a'}. Model: {(g.get('model') or {}).get('source', 'n/a')}.")]
+    notes = g.get("extrapolation") or []
+    if notes:
+        blocks.append(("problems", "The model extrapolates", list(notes)))
+    errors = pd.DataFrame(g.get("prediction_errors") or [])
+    if len(errors):
+        cols = {"clock_mhz": "clock (MHz)", "runs": "runs", "error_power_pct": "power error %",
+                "error_time_pct": "time error %", "error_energy_pct": "energy error %"}
+        errors = errors[[c for c in cols if c in errors]].rename(columns=cols)
+        for c in errors.columns[2:]:
+            errors[c] = errors[c].map(lambda v: "" if v is None or not np.isfinite(v) else f"{v:+.1f}")
+        errors["clock (MHz)"] = errors["clock (MHz)"].map(lambda v: f"{v:.0f}")
+        blocks.append(("table", errors))
+    return blocks
 
 
 def _utilisation(table: pd.DataFrame) -> pd.DataFrame | None:

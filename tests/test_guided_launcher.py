@@ -162,6 +162,11 @@ def test_guided_mode_on_the_simulated_gpu_uses_the_no_activity_model(tmp_path):
     assert len(rows) == len(g["probes_mhz"]) and set(rows["status"]) == {"ok"}
     assert "the model extrapolates here: GPU H100 not in training data" in p.stdout
     assert json.loads(state_path("H100", 0).read_text()).get("sm_clock_locked_mhz") is None  # restored
+    p = run_py("-m", "power_modeling", "report", str(out), "--objective", "energy", "--out", str(tmp_path / "rep"))
+    assert p.returncode == 0, p.stderr
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "Guided search (res)" in html and "The model extrapolates" in html
+    assert "GPU H100 not in training data" in html and f"Chosen for minimum energy: {g['clock_mhz']:.0f} MHz" in html
 
 
 @requires_reference()
