@@ -47,7 +47,10 @@ CAPTION_CI = "error bars: 95 % t-interval of the mean over the runs at each cloc
 FIT_COLUMNS = {"energy_mape_pct": "energy error (MAPE, %)", "time_mape_pct": "time error (MAPE, %)",
                "power_mape_pct": "power error (MAPE, %)", "time_a_s": "a (s)", "time_b_s_ghz": "b (s·GHz)",
                "power_c_w": "c (W)", "power_d_w_per_ghz": "d (W/GHz)", "power_e_w_per_ghz3": "e (W/GHz³)"}
-MAX_TABLE_ROWS = 60  # the per-clock table in the page; features.csv always has every row
+MAX_TABLE_ROWS = 60    # the per-clock table in the page; features.csv always has every row
+MAX_PANELS = 36        # small multiples drawn; beyond, the page says which were chosen and the CSVs hold all
+MAX_CHOICE_ROWS = 200  # choices shown in the page
+MAX_TIDY_RUNS = 100_000  # runs_tidy.csv beside the report up to this size (1 M rows take ~40 s to write)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -892,25 +895,43 @@ def drop_empty_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- the report
 
+def panel_workloads(choices: pd.DataFrame, most: int = MAX_PANELS) -> list[str]:
+    """At most ``most`` workloads to draw: those with data problems first, then the largest savings."""
+    if len(choices) <= most:
+        return list(choices["workload"])
+    order = choices.assign(_problem=choices["data_problems"].fillna("") != "",
+                           _saved=choices["objective_saved_pct"].fillna(-np.inf))
+    order = order.sort_values(["_problem", "_saved"], ascending=[False, False])
+    return sorted(order["workload"].head(most))
+
+
 def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: str = "edp",
                  max_slowdown: float | None = 0.05, *, choose_on: str = "measured", dpi: int = 100) -> dict[str, Path]:
     """Write report.html (images embedded), report.md (PNG files beside it), the CSVs and summary.json."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    all_choices = pd.concat([choose_all(table, obj, max_slowdown, choose_on) for obj in OBJECTIVE_NAME],
-                            ignore_index=True)
+    all_choices = choose_all(table, list(OBJECTIVE_NAME), max_slowdown, choose_on)
     main = all_choices[all_choices["objective"] == objective].reset_index(drop=True)
-    files = {"features": out / "features.csv", "choices": out / "choices.csv", "runs": out / "runs_tidy.csv"}
+    files = {"features": out / "features.csv", "choices": out / "choices.csv"}
     table.to_csv(files["features"], index=False)
     all_choices.to_csv(files["choices"], index=False)
-    runs.to_csv(files["runs"], index=False)
+    if len(runs) <= MAX_TIDY_RUNS:  # a campaign's tidy table is `python -m power_modeling merge`'s job
+        files["runs"] = out / "runs_tidy.csv"
+        runs.to_csv(files["runs"], index=False)
 
     kw = {"objective": objective, "max_slowdown": max_slowdown}
     figures: dict[str, tuple[Figure, str, str]] = {}
     few = len(_workloads(table)) < SMALL_MULTIPLES_FROM
+    full_table, full_main = table, main
+    shown = panel_workloads(main)
+    if len(shown) < len(main):  # a campaign of hundreds of workloads: draw the ones a reader must see
+        table, main = table[table["workload"].isin(shown)], main[main["workload"].isin(shown)]
+    some = ("" if len(shown) == len(full_main) else
+            f" {len(shown)} of {len(full_main)} workloads drawn: those with data problems, then the largest "
+            f"savings; choices.csv has them all.")
     figures["vs_clock"] = (plot_vs_clock(table, main, **kw), "Power, time, energy and the objective vs clock" if few
                            else "Every workload relative to its max clock",
-                           "Stars: the chosen clock; squares: the max usable clock (the reference); dash-dot line: "
+                           some.lstrip() + (" " if some else "") + "Stars: the chosen clock; squares: the max usable clock (the reference); dash-dot line: "
                            "the default (unlocked) clock where measured; hollow grey markers: rows left out by "
                            "screening, never joined to the curve.")
     phases = phase_energy(runs)
@@ -929,6 +950,7 @@ def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: 
         fig = plot_trace(samples, f"Power trace with app phases: {title}")
         if fig is not None:
             figures[f"trace_{i}"] = (fig, f"Power trace: {title}", "")
+    table, main = full_table, full_main
     pngs: dict[str, Path] = {}
     for key, (fig, _, _) in figures.items():
         pngs[key] = out / f"{key}.png"
@@ -973,7 +995,9 @@ def _document(summary: dict, main: pd.DataFrame, all_choices: pd.DataFrame, tabl
     doc.append(("p", "Percentages with their 95 % interval in brackets (t-based, over the runs at each clock; "
                      "[unknown] with one run per clock). Positive = less energy / slower than the reference named "
                      "in the column."))
-    doc.append(("table", choices_table(main, table)))
+    doc.append(("table", choices_table(main.head(MAX_CHOICE_ROWS), table)))
+    if len(main) > MAX_CHOICE_ROWS:
+        doc.append(("p", f"... and {len(main) - MAX_CHOICE_ROWS} more workloads in choices.csv."))
     if 1 < len(main) < SMALL_MULTIPLES_FROM:
         doc.append(("list", list(main["summary"])))
     doc.append(("h2", "The choice for each objective"))

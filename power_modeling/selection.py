@@ -153,6 +153,19 @@ class _Workload:
         v = self.valid
         self.noise = {m: pooled_rel_var(rows[f"{m}_cv"].to_numpy(float)[v], self.n[v])
                       for m in ("time_s", "energy_j", "edp", "ed2p")}
+        self.n_excluded, self.excluded_text = _exclusion_text(rows)
+        self.scatter = float(rows["time_s_scatter"].iloc[0]) if "time_s_scatter" in rows else float("nan")
+        self._smooth: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+    def smoothed(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """Smoothed time and power at rows ``idx`` (cached: every objective asks for the same curves)."""
+        if len(np.unique(self.f[idx])) < 5:
+            return None
+        key = idx.tobytes()
+        if key not in self._smooth:
+            self._smooth[key] = smooth_curves(self.f[idx], self.mean["time_s"][idx], self.mean["power_w"][idx],
+                                              self.n[idx])
+        return self._smooth[key]
 
     def ratio(self, a, b: int, metric: str):
         """``metric`` at row(s) ``a`` over row ``b``: (ratio, lo, hi)."""
@@ -224,12 +237,13 @@ def _gcv_smooth(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fitted_optimum(f: np.ndarray, t: np.ndarray, p: np.ndarray, n: np.ndarray, objective: str,
-                    max_slowdown: float | None) -> float:
-    """The clock (among ``f``) that minimises the objective on the smoothed T(f), P(f) curves."""
-    if len(np.unique(f)) < 5:
+def _fitted_optimum(w: _Workload, idx: np.ndarray, objective: str, max_slowdown: float | None) -> float:
+    """The clock (among rows ``idx``) that minimises the objective on the smoothed T(f), P(f) curves."""
+    curves = w.smoothed(idx)
+    if curves is None:
         return float("nan")
-    t, p = smooth_curves(f, t, p, n)
+    t, p = curves
+    f = w.f[idx]
     score = objective_value(t * p, t, objective)
     if max_slowdown is not None:
         score = np.where(t <= t[np.argmax(f)] * (1 + max_slowdown), score, np.inf)
@@ -249,16 +263,15 @@ def choose_clock(table: pd.DataFrame, workload: str, objective: str = "edp", max
     ``choose_on="fit"`` picks the optimum of the fitted curves instead of the best single mean, for
     sweeps whose neighbouring clocks scatter more than the differences between them.
     """
-    return _choose(table[table["workload"] == workload], workload, objective, max_slowdown, choose_on)
+    return _choose(_Workload(table[table["workload"] == workload]), workload, objective, max_slowdown, choose_on)
 
 
-def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: float | None, choose_on: str) -> Choice:
+def _choose(w: _Workload, workload: str, objective: str, max_slowdown: float | None, choose_on: str) -> Choice:
     if objective not in OBJECTIVES:
         raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
     if choose_on not in ("measured", "fit"):
         raise ValueError(f"choose_on must be 'measured' or 'fit', not {choose_on!r}")
-    n_excl, excl_text = _exclusion_text(rows)
-    w = _Workload(rows)
+    rows, n_excl, excl_text = w.rows, w.n_excluded, w.excluded_text
     valid = np.flatnonzero(w.valid)
     if not len(valid):
         raise DataError(f"workload {workload!r} has no usable locked-clock run"
@@ -267,8 +280,7 @@ def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: flo
     metric = SCORE_COLUMN[objective].removesuffix("_mean")
     slow, _, slow_hi = _slower(w.ratio(valid, ref, "time_s"))
     # A lower clock "faster" than the reference beyond the noise: the data is wrong somewhere.
-    scatter = float(rows["time_s_scatter"].iloc[0]) if "time_s_scatter" in rows else float("nan")
-    single_noise = 100 * max(SINGLE_RUN_SIGMAS * np.nan_to_num(scatter, nan=0.0), 2 * FASTER_FLOOR)
+    single_noise = 100 * max(SINGLE_RUN_SIGMAS * np.nan_to_num(w.scatter, nan=0.0), 2 * FASTER_FLOOR)
     faster = (slow < -100 * FASTER_FLOOR) & np.where(np.isfinite(slow_hi), slow_hi < 0, slow < -single_noise)
     problems = []
     if faster.any():
@@ -283,8 +295,7 @@ def _choose(rows: pd.DataFrame, workload: str, objective: str, max_slowdown: flo
     cand = valid[keep]
     best = int(cand[np.argmin(w.mean[metric][cand])])
     sane = valid[~faster]
-    fitted = _fitted_optimum(w.f[sane], w.mean["time_s"][sane], w.mean["power_w"][sane], w.n[sane], objective,
-                             max_slowdown)
+    fitted = _fitted_optimum(w, sane, objective, max_slowdown)
     chosen = best
     if choose_on == "fit" and np.isfinite(fitted) and (w.f[cand] == fitted).any():
         chosen = int(cand[np.flatnonzero(w.f[cand] == fitted)[0]])
@@ -357,14 +368,22 @@ def summarise(c: Choice) -> str:
 
 
 @threadpool_limits.wrap(limits=1)
-def choose_all(table: pd.DataFrame, objective: str = "edp", max_slowdown: float | None = 0.05,
+def choose_all(table: pd.DataFrame, objective: str | Sequence[str] = "edp", max_slowdown: float | None = 0.05,
                choose_on: str = "measured") -> pd.DataFrame:
-    """One ``Choice`` row per workload that has locked-clock rows."""
+    """One ``Choice`` row per workload that has locked-clock rows (and per objective, given several:
+    the screening, intervals and smoothed curves of a workload are then computed once for all)."""
+    objectives = [objective] if isinstance(objective, str) else list(objective)
     locked = table[~table["is_default_clock"].astype(bool)]
     names = set(locked["workload"])
     slim = table[[c for c in _CHOICE_INPUTS if c in table]]  # a campaign's table has ~100 columns; copy 20
-    return pd.DataFrame([_choose(rows, wl, objective, max_slowdown, choose_on).to_dict()
-                         for wl, rows in slim.groupby("workload", sort=True) if wl in names])
+    per_objective: dict[str, list[dict]] = {o: [] for o in objectives}
+    for wl, rows in slim.groupby("workload", sort=True):
+        if wl not in names:
+            continue
+        w = _Workload(rows)
+        for o in objectives:
+            per_objective[o].append(_choose(w, wl, o, max_slowdown, choose_on).to_dict())
+    return pd.DataFrame([row for o in objectives for row in per_objective[o]])
 
 
 # --------------------------------------------------------------------------- guided search
