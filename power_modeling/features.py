@@ -46,6 +46,10 @@ def feature_table(runs: pd.DataFrame, gpu: str | None = None) -> pd.DataFrame:
     if "is_default_clock" not in runs:
         runs = runs.assign(is_default_clock=False)
     runs = runs.assign(is_default_clock=runs["is_default_clock"].fillna(False).astype(bool))
+    default = runs["is_default_clock"]
+    if default.any():  # unlocked runs report the clock each ran at; they are one group, at its median clock
+        clock = runs.loc[default, "sm_clock_mhz"].groupby([runs["workload"], runs["gpu"]]).transform("median")
+        runs = runs.assign(sm_clock_mhz=runs["sm_clock_mhz"].where(~default, clock.round()))
     runs = runs.assign(excluded=flag_runs(runs), edp=runs["energy_j"] * runs["time_s"],
                        ed2p=runs["energy_j"] * runs["time_s"] ** 2)
     kept = runs[runs["excluded"] == ""]

@@ -12,8 +12,8 @@ this package. What the wrapper adds to the search:
   needs counters cannot predict for a run without them;
 * the GPU type's TDP (configs/gpus.yaml) as a feature, so the model's "power at max / TDP" means
   the same on an H100 as on the V100s it was trained on;
-* clocks that yielded no usable run (all failed, or the lock did not apply) end the search
-  instead of being proposed again;
+* clocks that yielded no usable run (all failed, or the lock did not apply) are never proposed
+  again, and count against ``max_probes``; a failed max clock ends the search (no reference);
 * ``result()`` says which model was used and where the workload leaves the ground the model was
   trained on (``CrossWorkloadModel.extrapolation``: another GPU type, features outside the
   trained range), and is strict JSON (no NaN: ``None`` where an interval is unknown).
@@ -163,10 +163,6 @@ class GuidedPlanner:
         f = self.search.next_clock()
         if f is None:
             self.stop_reason = self.search.stop_reason
-            return None
-        if f in self.failed:
-            self.stop_reason = f"no usable run at {f:.0f} MHz (failed, or the clock lock did not apply)"
-            return None
         return f
 
     def observe(self, clock: float, time_s: Sequence[float], energy_j: Sequence[float],
@@ -177,6 +173,7 @@ class GuidedPlanner:
                  if math.isfinite(float(t)) and math.isfinite(float(e)) and float(t) > 0 and float(e) > 0]
         if not pairs:
             self.failed.append(clock)
+            self.search.mark_failed(clock)
             return
         feats = {str(k): float(v) for k, v in (features or {}).items()
                  if isinstance(v, (int, float, np.number)) and math.isfinite(float(v))}

@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator
 from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
 
+from .features import usable_mask
 from .io import ACTIVITY, DataError
 
 
@@ -355,16 +356,10 @@ def _fmt(x: float) -> str:
 
 
 def usable(table: pd.DataFrame) -> pd.DataFrame:
-    """Locked-clock rows that are not flagged outliers: what models fit and are scored on.
-
-    Honours both screening verdicts ``features`` may give: the ``outlier`` flag and the
-    ``excluded`` reason ("" = usable).
-    """
-    keep = ~table["is_default_clock"].astype(bool)
-    if "outlier" in table:
+    """Locked-clock rows that passed screening (``features.usable_mask``): what models fit and are scored on."""
+    keep = usable_mask(table)
+    if "outlier" in table:  # tables built by hand (tests, notebooks) may carry only this flag
         keep &= ~table["outlier"].fillna(False).astype(bool)
-    if "excluded" in table:
-        keep &= table["excluded"].fillna("") == ""
     return table[keep]
 
 

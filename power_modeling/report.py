@@ -959,8 +959,9 @@ def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: 
 
     synthetic = bool(runs["synthetic"].any()) if "synthetic" in runs else False
     lead = headline(main, objective, max_slowdown, table)
+    measured = ~runs["warmup"].astype(bool) if "warmup" in runs else pd.Series(True, index=runs.index)
     summary = {"headline": lead, "gpus": sorted(runs["gpu"].astype(str).unique()),
-               "workloads": int(table["workload"].nunique()), "runs": len(runs),
+               "workloads": int(table["workload"].nunique()), "runs": int(measured.sum()),
                "clocks": int(table["sm_clock_mhz"].nunique()), "synthetic": synthetic,
                "noisy_groups": int(table["noisy"].sum()), "objective": objective, "max_slowdown": max_slowdown,
                "choose_on": choose_on, "verdicts": main["verdict"].value_counts().to_dict()}
@@ -1057,15 +1058,24 @@ def guided_results(runs: pd.DataFrame) -> dict[str, dict]:
 def _guided_blocks(source: str, g: dict) -> list[tuple]:
     """What the guided search measured, chose and why it stopped; where its model extrapolated."""
     name = OBJECTIVE_NAME.get(g.get("objective", "edp"), "EDP")
-    saved = interval_text(*(np.nan if g.get(f"energy_saved{k}_pct") is None else g[f"energy_saved{k}_pct"]
-                            for k in ("", "_lo", "_hi")))
-    blocks: list[tuple] = [("h2", f"Guided search ({Path(source).name})"),
-                           ("p", f"Chosen for minimum {name}: {g.get('clock_mhz', float('nan')):.0f} MHz, energy saved "
-                                 f"{saved} % vs {g.get('reference_clock_mhz', float('nan')):.0f} MHz, from "
-                                 f"{len(g.get('probes_mhz', []))} measured clocks "
-                                 f"({', '.join(f'{f:.0f}' for f in g.get('probes_mhz', []))} MHz). The model alone "
-                                 f"predicted {g.get('predicted_clock_mhz', float('nan')):.0f} MHz. Stopped: "
-                                 f"{g.get('stop_reason') or 'n/a'}. Model: {(g.get('model') or {}).get('source', 'n/a')}.")]
+
+    def num(key: str) -> float:
+        v = g.get(key)
+        return float(v) if isinstance(v, (int, float)) else float("nan")
+
+    probes = g.get("probes_mhz") or []
+    title = ("h2", f"Guided search ({Path(source).name})")
+    if not np.isfinite(num("clock_mhz")):
+        return [title, ("p", f"No clock chosen: {g.get('stop_reason') or 'no probe measured'}.")]
+    saved = interval_text(num("energy_saved_pct"), num("energy_saved_lo_pct"), num("energy_saved_hi_pct"))
+    blocks: list[tuple] = [title, ("p", f"Chosen for minimum {name}: {num('clock_mhz'):.0f} MHz "
+                                        f"({g.get('verdict') or 'n/a'}), energy saved {saved} % vs "
+                                        f"{num('reference_clock_mhz'):.0f} MHz, from {len(probes)} measured clocks "
+                                        f"({', '.join(f'{f:.0f}' for f in probes)} MHz). The model alone predicted "
+                                        f"{num('predicted_clock_mhz'):.0f} MHz. Stopped: {g.get('stop_reason') or 'n/a'}."
+                                        f" Model: {(g.get('model') or {}).get('source', 'n/a')}.")]
+    if g.get("data_problems"):
+        blocks.append(("problems", "Data problems in the guided search", list(g["data_problems"])))
     notes = g.get("extrapolation") or []
     if notes:
         blocks.append(("problems", "The model extrapolates", list(notes)))

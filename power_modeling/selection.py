@@ -16,13 +16,14 @@ of the cross-workload prediction corrected by the probes so far. The launcher's 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 from threadpoolctl import threadpool_limits
 
+from .features import flag_runs
 from .io import DataError
 
 OBJECTIVES = ("energy", "edp", "ed2p")
@@ -148,7 +149,8 @@ class _Workload:
         self.n = rows["n_runs"].to_numpy(float)
         self.mean = {m: rows[f"{m}_mean"].to_numpy(float) for m in self.METRICS}
         self.default = rows["is_default_clock"].to_numpy(bool)
-        self.excluded = rows["excluded"].fillna("").to_numpy(str) != "" if "excluded" in rows else ~self.default
+        self.excluded = (rows["excluded"].fillna("").to_numpy(str) != "" if "excluded" in rows
+                         else np.zeros(len(rows), bool))
         self.valid = ~self.default & ~self.excluded & (self.n > 0)
         v = self.valid
         self.noise = {m: pooled_rel_var(rows[f"{m}_cv"].to_numpy(float)[v], self.n[v])
@@ -175,7 +177,7 @@ class _Workload:
 def _exclusion_text(rows: pd.DataFrame) -> tuple[int, str]:
     """How many runs and clocks were left out of one workload, and why ("outlier: 2 clocks (...)")."""
     parts, total = [], 0
-    reasons = rows["excluded"].fillna("").to_numpy(str)
+    reasons = rows["excluded"].fillna("").to_numpy(str) if "excluded" in rows else np.full(len(rows), "")
     hit = (reasons != "") & (rows["n_runs"].to_numpy() > 0)
     if hit.any():
         clocks = rows[hit]
@@ -292,6 +294,7 @@ def _choose(w: _Workload, workload: str, objective: str, max_slowdown: float | N
     keep = ~faster
     if max_slowdown is not None:
         keep &= np.where(np.isfinite(slow_hi), slow_hi, slow) <= 100 * max_slowdown
+    keep |= valid == ref  # the reference's interval against itself is not a slowdown
     cand = valid[keep]
     best = int(cand[np.argmin(w.mean[metric][cand])])
     sane = valid[~faster]
@@ -343,9 +346,14 @@ def summarise(c: Choice) -> str:
     """One or two sentences a reader can act on: which clock and why, or that the data cannot tell."""
     cap = "" if c.max_slowdown is None else f" at <= {100 * c.max_slowdown:.0f} % slowdown"
     name = {"energy": "energy", "edp": "EDP", "ed2p": "ED²P"}[c.objective]
+    tested = (f"the smoothed curves' optimum, {c.fitted_mhz:.0f} MHz," if c.chosen_on == "fit"
+              else f"the best measured clock, {c.best_measured_mhz:.0f} MHz,")
     if c.verdict == "no significant saving":
-        text = (f"{c.workload}: no significant {name} saving{cap}; keep {c.reference_clock_mhz:.0f} MHz (the best "
-                f"measured clock, {c.best_measured_mhz:.0f} MHz, is within the run-to-run noise of the reference).")
+        text = (f"{c.workload}: no significant {name} saving{cap}; keep {c.reference_clock_mhz:.0f} MHz ({tested} "
+                "is within the run-to-run noise of the reference).")
+    elif c.verdict == "reference is best" and c.chosen_on == "fit":
+        text = (f"{c.workload}: keep {c.reference_clock_mhz:.0f} MHz: the smoothed curves' {name} optimum{cap} is "
+                f"the reference itself (best single mean: {c.best_measured_mhz:.0f} MHz).")
     elif c.verdict == "reference is best":
         text = f"{c.workload}: keep {c.reference_clock_mhz:.0f} MHz; no lower clock lowers {name}{cap}."
     else:
@@ -358,8 +366,10 @@ def summarise(c: Choice) -> str:
         text += "."
         if c.verdict == "uncertainty unknown":
             text += " One run per clock: the uncertainty is unknown; repeat runs (--num-runs 3) to know it."
-    if np.isfinite(c.fitted_mhz) and c.fitted_mhz != c.clock_mhz:
+    if np.isfinite(c.fitted_mhz) and c.fitted_mhz != c.clock_mhz and c.chosen_on != "fit":
         text += f" The fitted curve's optimum is {c.fitted_mhz:.0f} MHz."
+    if c.chosen_on == "fit" and c.best_measured_mhz != c.clock_mhz and c.verdict != "reference is best":
+        text += f" The best single mean is at {c.best_measured_mhz:.0f} MHz."
     if c.excluded:
         text += f" Left out: {c.excluded}."
     if c.data_problems:
@@ -368,6 +378,18 @@ def summarise(c: Choice) -> str:
 
 
 @threadpool_limits.wrap(limits=1)
+def _no_answer(w: _Workload, workload: str, objective: str, max_slowdown: float | None, why: str) -> dict:
+    nan = float("nan")
+    c = Choice(workload=workload, gpu=str(w.rows["gpu"].iloc[0]), objective=objective, max_slowdown=max_slowdown,
+               clock_mhz=nan, verdict="no usable data", chosen_on="", best_measured_mhz=nan, fitted_mhz=nan,
+               reference_clock_mhz=nan, energy_j=nan, time_s=nan, energy_saved_pct=nan, energy_saved_lo_pct=nan,
+               energy_saved_hi_pct=nan, slowdown_pct=nan, slowdown_lo_pct=nan, slowdown_hi_pct=nan,
+               objective_saved_pct=nan, objective_saved_lo_pct=nan, objective_saved_hi_pct=nan,
+               excluded_rows=w.n_excluded, excluded=w.excluded_text, uncertainty="")
+    c.summary = f"{workload}: no answer: {why}."
+    return c.to_dict()
+
+
 def choose_all(table: pd.DataFrame, objective: str | Sequence[str] = "edp", max_slowdown: float | None = 0.05,
                choose_on: str = "measured") -> pd.DataFrame:
     """One ``Choice`` row per workload that has locked-clock rows (and per objective, given several:
@@ -382,7 +404,10 @@ def choose_all(table: pd.DataFrame, objective: str | Sequence[str] = "edp", max_
             continue
         w = _Workload(rows)
         for o in objectives:
-            per_objective[o].append(_choose(w, wl, o, max_slowdown, choose_on).to_dict())
+            try:
+                per_objective[o].append(_choose(w, wl, o, max_slowdown, choose_on).to_dict())
+            except DataError as exc:  # every run of it screened out: say so, and answer for the others
+                per_objective[o].append(_no_answer(w, wl, o, max_slowdown, str(exc)))
     return pd.DataFrame([row for o in objectives for row in per_objective[o]])
 
 
@@ -410,6 +435,7 @@ class Probe:
     time_s: np.ndarray
     energy_j: np.ndarray
     features: Mapping
+    screened: list = field(default_factory=list)  # reasons of the runs screened out at this clock
 
     @property
     def power_w(self) -> float:
@@ -453,6 +479,8 @@ class GuidedSearch:
         self.stop_gain = stop_gain
         self.min_probes = min_probes
         self.probes: dict[float, Probe] = {}
+        self.failed: set[float] = set()
+        self._runs: list[tuple[float, float, float]] = []   # (clock, time, energy) in the order measured
         self.stop_reason = ""
         self._hat: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -493,13 +521,18 @@ class GuidedSearch:
     def next_clock(self) -> float | None:
         if self.fmax not in self.probes:
             return self.fmax
-        if len(self.probes) >= self.max_probes:
-            self.stop_reason = f"{self.max_probes} probes measured"
+        if self.fmax in self.failed:
+            self.stop_reason = f"no usable run at the max clock {self.fmax:.0f} MHz: no reference"
+            return None
+        if len(self.probes) + len(self.failed) >= self.max_probes:
+            self.stop_reason = f"{self.max_probes} probes measured" + (
+                f" ({len(self.failed)} without a usable run)" if self.failed else "")
             return None
         p, t = self.predicted()
         score = self._score(p, t, t[0])
         far = [i for i in np.argsort(score, kind="stable")
-               if np.isfinite(score[i]) and all(abs(self.clocks[i] - f) >= self.min_gap * self.fmax for f in self.probes)]
+               if np.isfinite(score[i]) and self.clocks[i] not in self.failed
+               and all(abs(self.clocks[i] - f) >= self.min_gap * self.fmax for f in self.probes)]
         if not far:
             self.stop_reason = "no unprobed clock left at the minimum gap"
             return None
@@ -516,21 +549,63 @@ class GuidedSearch:
 
     def observe(self, clock: float, time_s: Sequence[float], energy_j: Sequence[float],
                 features: Mapping | None = None) -> None:
-        """Record one probe's runs (work time and energy per run; several runs give an interval)."""
+        """Record one probe's runs (work time and energy per run; several runs give an interval).
+
+        The runs are screened as ``features.flag_runs`` screens a sweep: the job's first run when it
+        is a cold start (it lands on the max clock, the reference), and one bad repeat among three.
+        """
         clock = float(clock)
         if clock not in self.clocks:
             raise ValueError(f"{clock} MHz is not one of the candidate clocks")
-        self.probes[clock] = Probe(clock, np.asarray(time_s, float), np.asarray(energy_j, float), dict(features or {}))
+        self._runs += [(clock, float(t), float(e)) for t, e in zip(time_s, energy_j, strict=True)]
+        self._screen()
+        self.probes[clock].features = dict(features or {})
         if clock == self.fmax:
             curve = self._curve_inputs(self.probes[clock])
             self._hat = (np.asarray(self.model.predict_power(curve)), np.asarray(self.model.predict_time(curve)))
 
+    def _screen(self) -> None:
+        runs = pd.DataFrame(self._runs, columns=["sm_clock_mhz", "time_s", "energy_j"])
+        runs = runs.assign(workload="probe", gpu="", is_default_clock=False, source="guided", sequence=runs.index,
+                           power_w=runs["energy_j"] / runs["time_s"])
+        runs["excluded"] = flag_runs(runs)
+        for f, g in runs.groupby("sm_clock_mhz"):
+            kept = g[g["excluded"] == ""]
+            old = self.probes.get(float(f))
+            self.probes[float(f)] = Probe(float(f), kept["time_s"].to_numpy(), kept["energy_j"].to_numpy(),
+                                          old.features if old else {}, screened=list(g.loc[g["excluded"] != "",
+                                                                                            "excluded"]))
+
+    def mark_failed(self, clock: float) -> None:
+        """A probe that gave no usable run (failed, or its lock did not apply): never proposed again."""
+        self.failed.add(float(clock))
+
+    def _noise(self, name: str) -> tuple[float, int]:
+        return pooled_rel_var(*zip(*[(pr.stats(name)[1] / pr.stats(name)[0], pr.stats(name)[2])
+                                     for pr in self.probes.values()], strict=True))
+
+    def _interval(self, probe: Probe, name: str):
+        """``name`` at ``probe`` over the max clock, with a 95 % interval on the probes' pooled noise."""
+        ref = self.probes[self.fmax]
+        return ratio_interval(probe.stats(name)[0], len(probe.time_s), ref.stats(name)[0], len(ref.time_s),
+                              *self._noise(name))
+
+    def _admissible(self, probe: Probe) -> bool:
+        """Within the slowdown cap by the interval's upper end (the mean with one run), and not "faster"
+        than the reference beyond the noise (that is a data problem, not a saving)."""
+        if probe.clock_mhz == self.fmax:
+            return True
+        r, lo, hi = self._interval(probe, "time_s")
+        if np.isfinite(hi) and hi < 1 and r < 1 - FASTER_FLOOR:
+            return False
+        return self.max_slowdown is None or (hi if np.isfinite(hi) else r) <= 1 + self.max_slowdown
+
     def _measured_score(self, probe: Probe) -> float:
-        ref_t = self.probes[self.fmax].time_s.mean()
-        return float(self._score(probe.power_w, probe.time_s.mean(), ref_t))
+        return float(objective_value(probe.energy_j.mean(), probe.time_s.mean(), self.objective))
 
     def best(self) -> Probe:
-        return min(self.probes.values(), key=lambda pr: (self._measured_score(pr), -pr.clock_mhz))
+        ok = [pr for pr in self.probes.values() if self._admissible(pr)]
+        return min(ok, key=lambda pr: (self._measured_score(pr), -pr.clock_mhz))
 
     def result(self) -> dict:
         """The choice (best measured probe), its interval against the max clock, and prediction errors."""
@@ -539,12 +614,20 @@ class GuidedSearch:
         p0, t0 = self._hat
         at = {float(f): i for i, f in enumerate(self.clocks)}
         obj = self.objective
-        def interval(name):
-            noise = pooled_rel_var(*zip(*[(pr.stats(name)[1] / pr.stats(name)[0], pr.stats(name)[2])
-                                          for pr in self.probes.values()], strict=True))
-            return ratio_interval(best.stats(name)[0], len(best.time_s), ref.stats(name)[0], len(ref.time_s), *noise)
-
-        e_sv, t_sl, o_sv = _saved(interval("energy_j")), _slower(interval("time_s")), _saved(interval(obj))
+        known = min(len(best.time_s), len(ref.time_s)) >= 2 and self._noise(obj)[1] >= 1
+        if best is ref:
+            verdict = "reference is best"
+        elif not known:
+            verdict = "uncertainty unknown"
+        elif _saved(self._interval(best, obj))[1] > 0:
+            verdict = "saving"
+        else:
+            verdict = "no significant saving"
+        pick = ref if verdict == "no significant saving" else best
+        faster = [pr.clock_mhz for pr in self.probes.values() if pr is not ref and not self._admissible(pr)
+                  and self._interval(pr, "time_s")[2] < 1]
+        e_sv, t_sl = _saved(self._interval(pick, "energy_j")), _slower(self._interval(pick, "time_s"))
+        o_sv = _saved(self._interval(pick, obj))
         errors = []
         for f, pr in sorted(self.probes.items(), reverse=True):
             i = at[f]
@@ -556,11 +639,16 @@ class GuidedSearch:
                            "error_energy_pct": 100 * (p0[i] * t0[i] / pr.energy_j.mean() - 1)})
         model_only = self._score(p0, t0, t0[0])
         extrapolation = getattr(self.model, "extrapolation", None)
-        return {"objective": self.objective, "max_slowdown": self.max_slowdown, "clock_mhz": best.clock_mhz,
+        problems = ([f"{len(faster)} probe(s) faster than the max clock beyond the noise "
+                     f"({', '.join(f'{f:.0f}' for f in sorted(faster, reverse=True))} MHz): a cold or throttled "
+                     "reference, or a lock that did not apply; left out"] if faster else [])
+        return {"objective": self.objective, "max_slowdown": self.max_slowdown, "clock_mhz": pick.clock_mhz,
+                "verdict": verdict, "best_probe_mhz": best.clock_mhz, "data_problems": problems,
+                "screened_runs": {f"{f:.0f}": pr.screened for f, pr in sorted(self.probes.items()) if pr.screened},
                 "reference_clock_mhz": self.fmax, "predicted_clock_mhz": float(self.clocks[int(np.argmin(model_only))]),
                 "corrected_clock_mhz": float(self.clocks[int(np.argmin(self._score(p, t, t[0])))]),
                 "probes_mhz": sorted(self.probes), "stop_reason": self.stop_reason,
-                "measured_power_w": best.power_w, "measured_time_s": float(best.time_s.mean()),
+                "measured_power_w": pick.power_w, "measured_time_s": float(pick.time_s.mean()),
                 "energy_saved_pct": e_sv[0], "energy_saved_lo_pct": e_sv[1], "energy_saved_hi_pct": e_sv[2],
                 "slowdown_pct": t_sl[0], "slowdown_lo_pct": t_sl[1], "slowdown_hi_pct": t_sl[2],
                 "objective_saved_pct": o_sv[0], "objective_saved_lo_pct": o_sv[1], "objective_saved_hi_pct": o_sv[2],

@@ -759,7 +759,10 @@ def guided_summary(r: dict) -> list[str]:
         return [f"guided: no clock chosen: {r.get('stop_reason') or 'no probe measured'}"]
     name = {"energy": "energy", "edp": "EDP", "ed2p": "ED2P"}.get(r.get("objective"), r.get("objective"))
     cap = "" if r.get("max_slowdown") is None else f" at <= {100 * r['max_slowdown']:.0f} % slowdown"
-    if r["clock_mhz"] == r.get("reference_clock_mhz"):
+    if r.get("verdict") == "no significant saving":
+        first = (f"guided: keep {r['clock_mhz']:.0f} MHz (the max clock): no significant {name} saving{cap} (the "
+                 f"best probe, {r.get('best_probe_mhz', float('nan')):.0f} MHz, is within the run-to-run noise)")
+    elif r["clock_mhz"] == r.get("reference_clock_mhz"):
         first = f"guided: keep {r['clock_mhz']:.0f} MHz (the max clock): no measured clock had a lower {name}{cap}"
     else:
         first = (f"guided: use {r['clock_mhz']:.0f} MHz for minimum {name}{cap} (vs {r['reference_clock_mhz']:.0f} "
@@ -768,6 +771,12 @@ def guided_summary(r: dict) -> list[str]:
                  f"slowdown {_pct(r.get('slowdown_pct'), r.get('slowdown_lo_pct'), r.get('slowdown_hi_pct'))}")
     lines = [first, f"guided: {len(probes)} clocks measured ({', '.join(f'{p:.0f}' for p in probes)} MHz); "
                     f"stopped: {r.get('stop_reason') or '-'}; model: {model}"]
+    if r.get("verdict") == "uncertainty unknown":
+        lines.append("guided: one run per clock: the uncertainty is unknown (--num-runs 3 gives intervals)")
+    for problem in r.get("data_problems") or []:
+        lines.append(f"guided: data problem: {problem}")
+    for clock, reasons in (r.get("screened_runs") or {}).items():
+        lines.append(f"guided: left out at {clock} MHz: {', '.join(reasons)}")
     if r.get("extrapolation"):
         lines.append(f"guided: the model extrapolates here: {'; '.join(r['extrapolation'])}")
     return lines

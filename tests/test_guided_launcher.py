@@ -205,10 +205,10 @@ def test_planner_protocol_through_the_entry_point():
     planner.observe(1380, [10.0], [1500.0], {})  # no activity counters: the no-activity model
     f = planner.next_clock()
     assert f in (1200, 1005, 810)
-    planner.observe(f, [], [], {})  # no usable run there: never proposed again, the search ends
+    planner.observe(f, [], [], {})  # no usable run there: never proposed again; it counts as a probe
     assert planner.next_clock() is None
     r = planner.result()
-    assert r["clock_mhz"] == 1380 and r["failed_mhz"] == [f] and "no usable run" in r["stop_reason"]
+    assert r["clock_mhz"] == 1380 and r["failed_mhz"] == [f] and "1 without a usable run" in r["stop_reason"]
     assert r["model"]["source"] == "shipped (no activity)"
     json.dumps(r, allow_nan=False)
     with pytest.raises(PlannerError) as info:

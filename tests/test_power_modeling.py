@@ -465,3 +465,98 @@ def test_cli_report_choose_on_fit_and_default_location_beside_a_csv(tmp_path):
     assert p.returncode == 0, p.stderr
     choices = pd.read_csv(tmp_path / "report" / "choices.csv")
     assert (choices["chosen_on"] == "fit").any() and (choices["clock_mhz"] == choices["fitted_mhz"]).all()
+
+
+# --------------------------------------------------------------------------- review fixes
+
+def test_slowdown_cap_of_zero_or_noisy_data_keeps_the_reference_admissible():
+    noisy = feature_table(synthetic_runs(clocks=[1800, 1600, 1400, 1200, 1000], noise=0.085, runs=2, seed=3))
+    for cap in (0.0, 0.05):
+        c = choose_clock(noisy, "synth", "edp", cap)  # used to be "argmin of an empty sequence"
+        assert c.clock_mhz in (1800, 1600, 1400, 1200, 1000)
+    assert choose_clock(_artefact("clean_coarse"), "synth", "energy", 0.0).clock_mhz == 1785
+
+
+def test_default_clock_runs_form_one_group_whatever_clock_each_reported():
+    runs = load_runs([ARTEFACTS / "clean_coarse.csv"])
+    default = runs[runs["sm_clock_mhz"] == 1785].copy()
+    default = default.assign(is_default_clock=True, run_id=default["run_id"] + "_d",
+                             sm_clock_mhz=[1980.0, 1965.0, 1972.5])  # boost clocks, one per run
+    table = feature_table(pd.concat([runs, default], ignore_index=True))
+    d = table[table["is_default_clock"]]
+    assert len(d) == 1 and d["n_runs"].iloc[0] == 3 and d["sm_clock_mhz"].iloc[0] == 1972
+    c = choose_clock(table, "synth", "energy", None)
+    assert np.isfinite(c.energy_saved_vs_default_lo_pct)  # an interval, not "unknown"
+
+
+def test_a_workload_with_no_usable_run_gets_a_row_saying_so_and_the_others_their_answer(tmp_path):
+    df = pd.read_csv(ARTEFACTS / "clean_coarse.csv")
+    bad = df.assign(application="broken", sm_clock_mean_mhz=df["sm_app_clock"] + 300)  # no lock took effect
+    pd.concat([df, bad]).to_csv(tmp_path / "two.csv", index=False)
+    table = feature_table(load_runs([tmp_path / "two.csv"]))
+    ch = choose_all(table, "energy", None).set_index("workload")
+    assert ch.loc["synth", "verdict"] == "saving" and ch.loc["synth", "clock_mhz"] == 1095
+    assert ch.loc["broken", "verdict"] == "no usable data" and "clock mismatch: 27 runs" in ch.loc["broken", "summary"]
+    p = _pm("select", str(tmp_path / "two.csv"), "--objective", "energy", "--max-slowdown", "-1")
+    assert p.returncode == 0 and "broken: no answer" in p.stdout, p.stderr
+
+
+def test_fit_choice_text_names_the_clock_it_tested():
+    table = _artefact("flat_within_noise")
+    c = choose_clock(table, "synth", "energy", None, choose_on="fit")
+    assert c.chosen_on == "fit" and f"smoothed curves' optimum, {c.fitted_mhz:.0f} MHz" in c.summary
+
+
+def _probe_truth():
+    clocks = list(range(700, 1801, 15))
+    return clocks, _synthetic_truth(clocks)
+
+
+def test_guided_search_screens_a_cold_first_run_and_judges_significance():
+    from power_modeling.selection import GuidedSearch
+
+    clocks, truth = _probe_truth()
+    search = GuidedSearch(clocks, _TiltedCrossModel(), "energy", max_probes=3, stop_gain=None)
+    rng = np.random.default_rng(0)
+    first = True
+    while (f := search.next_clock()) is not None:
+        t, p = truth.loc[f, "time_s_mean"], truth.loc[f, "power_w_mean"]
+        ts = t * (1 + 0.01 * rng.standard_normal(3))
+        if first:
+            ts[0] *= 4  # the job's cold first run lands on the max clock
+            first = False
+        search.observe(f, ts, ts * p, {})
+    r = search.result()
+    assert r["screened_runs"] == {"1795": ["cold start"]} and r["verdict"] == "saving"
+    assert r["energy_saved_lo_pct"] > 0 and r["clock_mhz"] != 1795
+    # the same probes with 40 % run-to-run noise: nothing beats the max clock beyond it
+    noisy = GuidedSearch(clocks, _TiltedCrossModel(), "energy", max_probes=3, stop_gain=None)
+    while (f := noisy.next_clock()) is not None:
+        t, p = truth.loc[f, "time_s_mean"], truth.loc[f, "power_w_mean"]
+        ts = t * np.array([0.6, 1.0, 1.4])
+        noisy.observe(f, ts, ts * p * np.array([1.4, 1.0, 0.6]) ** 2, {})
+    r = noisy.result()
+    assert r["verdict"] == "no significant saving" and r["clock_mhz"] == 1795 and r["best_probe_mhz"] != 1795
+
+
+def test_guided_search_goes_on_after_a_failed_probe():
+    from power_modeling.selection import GuidedSearch
+
+    clocks, truth = _probe_truth()
+    search = GuidedSearch(clocks, _TiltedCrossModel(), "edp", max_probes=4, stop_gain=None)
+    f = search.next_clock()
+    search.observe(f, [truth.loc[f, "time_s_mean"]], [truth.loc[f, "time_s_mean"] * truth.loc[f, "power_w_mean"]])
+    second = search.next_clock()
+    search.mark_failed(second)
+    third = search.next_clock()
+    assert third is not None and third != second
+    search.observe(third, [truth.loc[third, "time_s_mean"]],
+                   [truth.loc[third, "time_s_mean"] * truth.loc[third, "power_w_mean"]])
+    assert search.next_clock() not in (None, second)  # the failed probe counts, the search still has one left
+
+
+def test_report_guided_section_survives_a_search_with_no_choice():
+    from power_modeling.report import _guided_blocks
+
+    blocks = _guided_blocks("/x/res", {"clock_mhz": None, "stop_reason": "no usable run at the max clock"})
+    assert blocks[-1] == ("p", "No clock chosen: no usable run at the max clock.")
