@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import nnls
 from sklearn.base import BaseEstimator
-from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor
 from threadpoolctl import threadpool_limits
 
 from .features import usable_mask
@@ -259,6 +258,9 @@ class CrossWorkloadModel(BaseEstimator):
         self.workloads_ = sorted(set(workloads))
         self.trained_gpus_ = sorted(str(g) for g in table["gpu"].dropna().unique()) if "gpu" in table else []
         self.feature_ranges_ = {c: [float(X[c].min()), float(X[c].max())] for c in self.feature_names_}
+        # Imported here: sklearn.ensemble costs every CLI call ~0.6 s, and only fitting needs it.
+        from sklearn.ensemble import GradientBoostingRegressor, HistGradientBoostingRegressor
+
         self.models_ = {}
         with self._threads():
             for target, sign in (("power_w_rel", 1), ("time_s_rel", -1)):

@@ -22,6 +22,7 @@ from power_modeling import (
     leave_one_workload_out,
     load_runs,
 )
+from power_modeling.features import select_gpu
 from power_modeling.io import DataError
 
 FAKE = str(REPO / "tests" / "data" / "fake_app.py")
@@ -420,7 +421,7 @@ def test_cli_gpu_filters_merge_and_report_and_short_times_keep_digits(tmp_path):
     df = pd.read_csv(ARTEFACTS / "clean_coarse.csv")
     df.assign(gpu="A100", run_time=df["run_time"] / 10000).to_csv(tmp_path / "a100.csv", index=False)
     both = [str(ARTEFACTS / "clean_coarse.csv"), str(tmp_path / "a100.csv")]
-    for cmd in ("merge", "report", "select", "features"):
+    for cmd in ("merge", "report"):
         p = _pm(cmd, *both, "--out", str(tmp_path / cmd))
         assert p.returncode == 2 and "mixes GPU types (A100, H100)" in p.stderr, (cmd, p.stderr)
         assert not (tmp_path / cmd).exists()
@@ -428,8 +429,10 @@ def test_cli_gpu_filters_merge_and_report_and_short_times_keep_digits(tmp_path):
     assert p.returncode == 0, p.stderr
     merged = pd.read_csv(tmp_path / "m" / "runs_merged.csv")
     assert set(merged["gpu"]) == {"A100"} and len(merged) == 27
-    p = _pm("features", *both, "--gpu", "A100")
-    assert p.returncode == 0 and "0.001" in p.stdout and " 0.00 " not in p.stdout, p.stdout  # 1 ms kernels
+    from power_modeling.cli import show
+
+    short = show(feature_table(select_gpu(load_runs(both), "A100"))[["sm_clock_mhz", "time_s_mean"]])
+    assert "0.001" in short and " 0.00 " not in short, short  # 1 ms kernels keep their digits
     p = _pm("report", *both, "--gpu", "A100", "--out", str(tmp_path / "r"))
     assert p.returncode == 0, p.stderr
     assert set(pd.read_csv(tmp_path / "r" / "runs_tidy.csv")["gpu"]) == {"A100"}
@@ -449,6 +452,18 @@ def test_cli_predict_never_calls_a_measured_clock_extrapolated(tmp_path):
     assert p.returncode == 0, p.stderr
     pred = pd.read_csv(tmp_path / "predictions.csv").set_index("sm_clock_mhz")["extrapolated"]
     assert not pred[1785.0] and not pred[645.0] and not pred[1000.0] and pred[1900.0]
+
+
+@requires_reference()
+def test_cli_fit_save_writes_a_model_the_launcher_can_load(tmp_path):
+    from power_modeling.model_store import load_model
+
+    hpc = str(REFERENCE / "v100_hpc_3apps_dvfs.csv")
+    p = _pm("fit", hpc, "--model", "cross", "--save", str(tmp_path / "hpc.skops"))
+    assert p.returncode == 0, p.stderr
+    assert re.search(r"saved .*hpc.skops \(3 workloads, V100; with activity counters\)", p.stdout), p.stdout
+    model = load_model(tmp_path / "hpc.skops")
+    assert sorted(model.workloads_) == ["LAMMPS", "LSTM", "NAMD"] and "lowo" in model.metadata_
 
 
 def test_cli_fit_save_is_for_cross_models_only(tmp_path):
