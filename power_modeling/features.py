@@ -102,8 +102,6 @@ def add_relative(table: pd.DataFrame) -> pd.DataFrame:
     ``power_tdp_at_max`` (power at the reference over the GPU type's TDP) lets a model trained on
     one GPU type speak to another: 200 W is a lot on a V100 and little on an H100.
     """
-    from profiling.backends.base import load_gpu_specs
-
     ok = table[usable_mask(table)]
     keyed = table.set_index(["workload", "gpu"]).index
     if ok.empty:
@@ -118,10 +116,24 @@ def add_relative(table: pd.DataFrame) -> pd.DataFrame:
         table[f"{col}_at_max"] = ref[col].reindex(keyed).values
     table["power_w_at_max"] = ref["power_w_mean"].reindex(keyed).values
     table["time_s_at_max"] = ref["time_s_mean"].reindex(keyed).values
-    tdp = {name: spec.get("tdp_w") for name, spec in load_gpu_specs().items()}
-    table["tdp_w"] = pd.to_numeric(table["gpu"].map(tdp), errors="coerce")
+    table["tdp_w"] = tdp_per_row(table["gpu"])
     table["power_tdp_at_max"] = table["power_w_at_max"] / table["tdp_w"]
     return table
+
+
+def gpu_tdp_w(gpu_type: str | None) -> float | None:
+    """The TDP (W) of a GPU type in configs/gpus.yaml, or None when the type or its TDP is unknown."""
+    from profiling.backends.base import load_gpu_specs
+
+    spec = load_gpu_specs().get(gpu_type) if gpu_type else None
+    tdp = spec.get("tdp_w") if isinstance(spec, dict) else None
+    return float(tdp) if tdp else None
+
+
+def tdp_per_row(gpus: pd.Series) -> pd.Series:
+    """``gpu_tdp_w`` of each row's GPU type (NaN where unknown), looked up once per type."""
+    tdp = {g: gpu_tdp_w(str(g)) for g in gpus.dropna().unique()}
+    return pd.to_numeric(gpus.map(tdp), errors="coerce")
 
 
 # --------------------------------------------------------------------------- run screening

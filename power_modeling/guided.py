@@ -28,25 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from profiling.backends.base import load_gpu_specs
 from profiling.planning import PlannerError
 
+from .features import gpu_tdp_w
 from .io import DataError
+from .models import POWER_TDP
 from .selection import OBJECTIVES, GuidedSearch
 
-POWER_TDP = "power_tdp_at_max"
 # Held-out reference apps, launcher with early stop (docs/BENCHMARKS.md): stopping from the 2nd probe
 # on gave 2.65 % mean EDP regret with 2.5 clocks, from the 4th 1.08 % with 4 (5 fixed probes: 1.12 %).
 DEFAULT_MIN_PROBES = 4
-
-
-def gpu_tdp_w(gpu_type: str | None) -> float | None:
-    """The TDP (W) of a GPU type in configs/gpus.yaml, or None when the type or its TDP is unknown."""
-    if not gpu_type:
-        return None
-    spec = load_gpu_specs().get(gpu_type)
-    tdp = spec.get("tdp_w") if isinstance(spec, dict) else None
-    return float(tdp) if tdp else None
 
 
 def _json_safe(value: Any) -> Any:

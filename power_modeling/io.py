@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from profiling.backends.replay import ACTIVITY_COLUMNS, is_reference_csv, load_reference
+from profiling.monitor import WORK_PHASES
 from profiling.results import DONE_STATUSES, RUNS_COLUMNS
 
 REQUIRED = ["run_id", "sm_clock_target_mhz", "status", "warmup", "work_s", "work_energy_j"]
@@ -62,7 +63,7 @@ def _activity_from_samples(result_dir: Path, run_ids: pd.Series) -> pd.DataFrame
     for rid in run_ids[(run_ids.astype(str) + ".csv").isin(present)] if present else []:
         feats = {"run_id": rid}
         s = pd.read_csv(samples / f"{rid}.csv")
-        work = s[s["phase"].isin(["denoise_step", "text_encode", "vae_decode", "batch"])] if "phase" in s else s
+        work = s[s["phase"].isin(WORK_PHASES)] if "phase" in s else s
         work = work if len(work) else s
         for col in ACTIVITY:
             if col in work and work[col].notna().any():

@@ -26,7 +26,7 @@ from scipy.optimize import nnls
 from sklearn.base import BaseEstimator
 from threadpoolctl import threadpool_limits
 
-from .features import usable_mask
+from .features import tdp_per_row, usable_mask
 from .io import ACTIVITY, DataError
 
 
@@ -123,14 +123,6 @@ def activity_columns(table: pd.DataFrame) -> list[str]:
     return [c for c in cols if c in table and table[c].notna().all()]
 
 
-def _tdp_lookup(gpus: pd.Series) -> pd.Series:
-    """TDP (W) per row from the GPU type's ``tdp_w`` in configs/gpus.yaml; NaN for an unknown type."""
-    from profiling.backends.base import load_gpu_specs
-
-    tdp = {name: spec.get("tdp_w") for name, spec in load_gpu_specs().items() if isinstance(spec, dict)}
-    return pd.to_numeric(gpus.map(tdp), errors="coerce")
-
-
 def power_relative_to_tdp(table: pd.DataFrame, lookup_gpu: bool = False) -> pd.Series | None:
     """Max-clock power / the GPU type's TDP per row, or None when some row cannot have it.
 
@@ -146,7 +138,7 @@ def power_relative_to_tdp(table: pd.DataFrame, lookup_gpu: bool = False) -> pd.S
         if "tdp_w" in table:
             out = out.fillna(table["power_w_at_max"] / pd.to_numeric(table["tdp_w"], errors="coerce"))
         if lookup_gpu and "gpu" in table and out.isna().any():
-            out = out.fillna(table["power_w_at_max"] / _tdp_lookup(table["gpu"]))
+            out = out.fillna(table["power_w_at_max"] / tdp_per_row(table["gpu"]))
     return out if len(out) and out.notna().all() else None
 
 

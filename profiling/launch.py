@@ -618,7 +618,6 @@ def _run(o: dict, backend: GpuBackend) -> int:
 PLANNER_OPTIONS = {"model_path": "--guided-model", "max_probes": "--guided-probes", "objective": "--objective",
                    "min_probes": "--guided-min-probes",
                    "max_slowdown": "--max-slowdown", "gpu_type": "--gpu-type", "clocks": "--min-frequency"}
-WORK_PHASES = {"denoise_step", "text_encode", "vae_decode", "batch"}  # as power_modeling.io averages activity
 
 
 def _slowdown(o: dict) -> float | None:
@@ -679,7 +678,7 @@ def _run_activity(results: ResultsDir, rid: str, names: set[str]) -> dict[str, f
             samples = list(csv.DictReader(fh))
     except OSError:
         return {}
-    work = [s for s in samples if s.get("phase") in WORK_PHASES] or samples
+    work = [s for s in samples if s.get("phase") in mon.WORK_PHASES] or samples
     out = {}
     for name in names & set(samples[0] if samples else {}):
         vals = [float(s[name]) for s in work if _finite(s.get(name))]

@@ -22,6 +22,8 @@ MIN_INTERVAL_S = 0.010
 
 # Which phase a sample belongs to when several are open: the innermost, most specific one.
 PHASE_PRIORITY = ["denoise_step", "text_encode", "vae_decode", "save", "warmup", "batch", "load"]
+# The steady-state work a run's activity counters are averaged over (launcher and power_modeling alike).
+WORK_PHASES = frozenset({"denoise_step", "text_encode", "vae_decode", "batch"})
 
 
 class PowerMonitor:
