@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= results/demo
 export SD_ENERGY_CACHE ?= $(CURDIR)/.cache/sd-energy
-export PROFILING_SIMULATED_DIR ?= $(CURDIR)/.cache/simulated-gpu
+export SD_ENERGY_SIMULATED_DIR ?= $(CURDIR)/.cache/simulated-gpu
 
 .PHONY: venv demo test lint clean slurm-up slurm-down docs-compute
 

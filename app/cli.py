@@ -12,7 +12,8 @@ from pathlib import Path
 
 import click
 
-from profiling.cli_support import UserError, config_option, run_cli
+from profiling.cli_support import config_option, run_cli
+from sd_energy_contract.errors import InputError
 
 from . import models, schedulers
 from .pipeline import ATTENTION_CHOICES, ExecutionOptions
@@ -40,7 +41,7 @@ def _batch_size(ctx, param, value):
     try:
         return int(value)
     except ValueError:
-        raise UserError("--batch-size", value, "must be an integer or 'auto'") from None
+        raise InputError("--batch-size", value, "must be an integer or 'auto'") from None
 
 
 def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
@@ -49,10 +50,10 @@ def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
         try:
             lines = Path(prompt_file).read_text().splitlines()
         except OSError as exc:
-            raise UserError("--prompt-file", prompt_file, exc.strerror or "cannot read") from None
+            raise InputError("--prompt-file", prompt_file, exc.strerror or "cannot read") from None
         prompts += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         if not prompts:
-            raise UserError("--prompt-file", prompt_file, "holds no prompt")
+            raise InputError("--prompt-file", prompt_file, "holds no prompt")
     return prompts
 
 
@@ -124,7 +125,7 @@ def cli(**o):
     if o["list_schedulers"]:
         return _list_schedulers()
     if o["benchmark_runs"] < 1:
-        raise UserError("--benchmark-runs", o["benchmark_runs"], "must be at least 1")
+        raise InputError("--benchmark-runs", o["benchmark_runs"], "must be at least 1")
     req = GenerationRequest(
         model_variant=o["model_variant"], custom_model=o["custom_model"], model_family=o["model_family"],
         weights=o["weights"], allow_pickle=o["allow_pickle"], scheduler=o["scheduler"],
@@ -209,7 +210,7 @@ def _run_harness(o: dict, req, resolved, variant, out: Path, log) -> int:
     try:
         levels = [int(x) for x in o["concurrency"].split(",") if x.strip()]
     except ValueError:
-        raise UserError("--concurrency", o["concurrency"], "must be comma-separated integers, e.g. 1,2,4") from None
+        raise InputError("--concurrency", o["concurrency"], "must be comma-separated integers, e.g. 1,2,4") from None
     cfg = harness.HarnessConfig(prompts=req.prompts or harness.PROMPT_SETS[o["prompt_set"]], levels=levels,
                                 iterations=o["iterations"], warmup=o["harness_warmup"], timeout_s=o["request_timeout"],
                                 width=resolved.width, height=resolved.height, num_images=1, steps=resolved.steps,
@@ -219,7 +220,7 @@ def _run_harness(o: dict, req, resolved, variant, out: Path, log) -> int:
         target = harness.HttpTarget(o["url"], o["request_timeout"])
         why = target.probe()
         if why:
-            raise UserError("--url", o["url"], f"unreachable ({why})")
+            raise InputError("--url", o["url"], f"unreachable ({why})")
     else:
         recorder = PhaseRecorder("cpu")
         wl = load_workload(variant, resolved.weights, resolved.scheduler, resolved.execution, recorder=recorder)

@@ -15,7 +15,7 @@ from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
-from profiling.cli_support import UserError
+from sd_energy_contract.errors import InputError
 
 from . import outputs
 from .models import ICON_VARIANTS, UnknownVariantError, get_variant
@@ -28,12 +28,12 @@ from .timing import PhaseRecorder
 def parse_models(spec: str) -> list[str]:
     names = [m.strip() for m in spec.split(",") if m.strip()]
     if not names:
-        raise UserError("--compare-models", spec, "names no model")
+        raise InputError("--compare-models", spec, "names no model")
     for name in names:
         try:
             get_variant(name)
         except UnknownVariantError as exc:
-            raise UserError("--compare-models", name, exc.message.split(": ", 1)[-1]) from None
+            raise InputError("--compare-models", name, exc.message.split(": ", 1)[-1]) from None
     return names
 
 

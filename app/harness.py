@@ -186,17 +186,17 @@ class HarnessConfig:
 
 
 def check_config(cfg: HarnessConfig) -> None:
-    from profiling.cli_support import UserError
+    from sd_energy_contract.errors import InputError
 
     bad = [c for c in cfg.levels if c < 1]
     if not cfg.levels or bad:
-        raise UserError("--concurrency", ",".join(map(str, cfg.levels)), "levels must be integers >= 1")
+        raise InputError("--concurrency", ",".join(map(str, cfg.levels)), "levels must be integers >= 1")
     if cfg.iterations < 1:
-        raise UserError("--iterations", cfg.iterations, "must be at least 1")
+        raise InputError("--iterations", cfg.iterations, "must be at least 1")
     if cfg.timeout_s <= 0:
-        raise UserError("--request-timeout", cfg.timeout_s, "must be positive")
+        raise InputError("--request-timeout", cfg.timeout_s, "must be positive")
     if not cfg.prompts:
-        raise UserError("--prompt", None, "no prompts to send")
+        raise InputError("--prompt", None, "no prompts to send")
 
 
 def _in_thread(target, req: Request, t0: float) -> Future:

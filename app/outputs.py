@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from PIL import PngImagePlugin
+
+from sd_energy_contract.files import write_atomic
 
 
 def slugify(text: str, max_len: int = 48) -> str:
@@ -26,18 +27,7 @@ def safe_child(directory: Path, name: str) -> Path:
 
 def write_json_atomic(path: Path, data) -> None:
     """Write to a temp file in the same directory, fsync, rename: readers see old or new, never half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, json.dumps(data, indent=2, default=str))
 
 
 def save_png(image, path: Path, parameters: dict) -> None:

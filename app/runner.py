@@ -10,7 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from profiling.cli_support import UserError
+from sd_energy_contract import env
+from sd_energy_contract.errors import InputError
 
 from . import outputs, schedulers, weights
 from .models import ModelVariant, UnknownVariantError, custom_variant, get_variant
@@ -92,63 +93,63 @@ def check_inputs(req: GenerationRequest) -> tuple[GenerationRequest, ModelVarian
     try:
         variant = req.variant()
     except UnknownVariantError as exc:
-        raise UserError("--model-variant", req.model_variant, exc.message.split(": ", 1)[-1]) from None
+        raise InputError("--model-variant", req.model_variant, exc.message.split(": ", 1)[-1]) from None
     r = req.resolved()
     if r.steps < 1:
-        raise UserError("--steps", r.steps, "must be at least 1")
+        raise InputError("--steps", r.steps, "must be at least 1")
     if variant.allowed_steps and r.steps not in variant.allowed_steps:
-        raise UserError("--steps", r.steps, f"{variant.key} ships checkpoints for {variant.allowed_steps} steps only")
+        raise InputError("--steps", r.steps, f"{variant.key} ships checkpoints for {variant.allowed_steps} steps only")
     for opt, val in (("--height", r.height), ("--width", r.width)):
         if val < variant.size_factor or val % variant.size_factor:
-            raise UserError(opt, val, f"must be a positive multiple of {variant.size_factor} for {variant.family} models")
+            raise InputError(opt, val, f"must be a positive multiple of {variant.size_factor} for {variant.family} models")
     if r.guidance_scale < 0:
-        raise UserError("--guidance-scale", r.guidance_scale, "must be >= 0")
+        raise InputError("--guidance-scale", r.guidance_scale, "must be >= 0")
     if r.batch_size != "auto" and int(r.batch_size) < 1:
-        raise UserError("--batch-size", r.batch_size, "must be at least 1 or 'auto'")
+        raise InputError("--batch-size", r.batch_size, "must be at least 1 or 'auto'")
     for opt, val in (("--num-images", r.num_images), ("--images-per-prompt", r.images_per_prompt)):
         if val < 1:
-            raise UserError(opt, val, "must be at least 1")
+            raise InputError(opt, val, "must be at least 1")
     if r.warmup < 0:
-        raise UserError("--warmup", r.warmup, "must be >= 0")
+        raise InputError("--warmup", r.warmup, "must be >= 0")
     try:
         schedulers.check_fits(r.scheduler, variant.family)
     except schedulers.SchedulerError as exc:
-        raise UserError("--scheduler", r.scheduler, str(exc)) from None
+        raise InputError("--scheduler", r.scheduler, str(exc)) from None
     if r.style and r.style not in load_styles(r.style_file):
-        raise UserError("--style", r.style, f"unknown style; known: {', '.join(sorted(load_styles(r.style_file)))}")
+        raise InputError("--style", r.style, f"unknown style; known: {', '.join(sorted(load_styles(r.style_file)))}")
     if variant.needs_init_image:
         if not r.init_image:
-            raise UserError("--init-image", None, f"{variant.key} is an img2img refiner and needs --init-image PATH")
+            raise InputError("--init-image", None, f"{variant.key} is an img2img refiner and needs --init-image PATH")
         if not Path(r.init_image).is_file():
-            raise UserError("--init-image", r.init_image, "no such file")
+            raise InputError("--init-image", r.init_image, "no such file")
         if int(r.steps * r.strength) < 1:
-            raise UserError("--steps", r.steps, f"with strength {r.strength} the refiner would run no denoising step")
+            raise InputError("--steps", r.steps, f"with strength {r.strength} the refiner would run no denoising step")
     if r.execution.cpu_offload != "none":
         from .pipeline import resolve_device
 
         if resolve_device(r.execution.device) == "cpu":
-            raise UserError("--cpu-offload", r.execution.cpu_offload,
+            raise InputError("--cpu-offload", r.execution.cpu_offload,
                             "moves weights between the CPU and a GPU; there is no GPU here (--device cpu)")
     if r.clip_model:
         from .quality import check_clip_path
 
         reason = check_clip_path(r.clip_model)
         if reason:
-            raise UserError("--clip-model", r.clip_model, reason)
+            raise InputError("--clip-model", r.clip_model, reason)
     if r.execution.attention == "xformers":
         try:
             import xformers  # noqa: F401
         except ImportError:
-            raise UserError("--attention", "xformers",
+            raise InputError("--attention", "xformers",
                             "xformers is not installed (pip install '.[xformers]'), use sdpa") from None
     if r.save_images:
         reason = outputs.check_writable_dir(Path(r.output_dir))
         if reason:
-            raise UserError("--output-dir", r.output_dir, reason)
+            raise InputError("--output-dir", r.output_dir, reason)
     if r.export_metrics:
         reason = outputs.check_writable_dir(Path(r.export_metrics).resolve().parent)
         if reason:
-            raise UserError("--export-metrics", r.export_metrics, reason)
+            raise InputError("--export-metrics", r.export_metrics, reason)
     return r, variant
 
 
@@ -163,7 +164,7 @@ def expand_jobs(r: GenerationRequest) -> list[tuple[str, int]]:
 
 def step_hook_from_env():
     """The simulated GPU stretches each step to the time it would take at the locked clock."""
-    if os.environ.get("PROFILING_SIMULATED_STATE"):
+    if os.environ.get(env.SIMULATED_STATE):
         from profiling.backends.simulated import StepDilation
 
         return StepDilation.from_env()
@@ -182,7 +183,7 @@ def run_generation(req: GenerationRequest, log=print, reuse: bool = False) -> di
         wl = load_workload(variant, r.weights, r.scheduler, r.execution, r.seed, r.allow_pickle, r.steps, recorder,
                            reuse)
     except weights.WeightsError as exc:
-        raise UserError("--weights", r.weights, str(exc)) from None
+        raise InputError("--weights", r.weights, str(exc)) from None
     recorder.device = wl.device
     for note in wl.notes:
         log(f"note: {note}")
@@ -243,7 +244,7 @@ def run_generation(req: GenerationRequest, log=print, reuse: bool = False) -> di
     if r.save_images:
         outputs.write_json_atomic(out_dir / f"{r.output_prefix}generation_config.json",
                                   {"config": metrics["config"], "environment": metrics["environment"], "images": files})
-    metrics_path = r.export_metrics or os.environ.get("PROFILING_METRICS_FILE")  # set by the launcher
+    metrics_path = r.export_metrics or os.environ.get(env.METRICS_FILE)  # set by the launcher
     if metrics_path:
         outputs.write_json_atomic(Path(metrics_path), metrics)
     return metrics

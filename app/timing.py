@@ -14,7 +14,9 @@ from contextlib import contextmanager
 
 import torch
 
-EVENTS_ENV = "PROFILING_EVENTS_FILE"
+from sd_energy_contract import env
+
+EVENTS_ENV = env.EVENTS_FILE
 
 
 def synchronize(device: str) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import torch
 
+from sd_energy_contract import env
+
 from . import tokenizers_local as toks
 from .models import ModelVariant
 
@@ -43,7 +45,7 @@ class WeightsError(RuntimeError):
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SD_ENERGY_CACHE", Path.home() / ".cache" / "sd-energy"))
+    return Path(os.environ.get(env.CACHE, Path.home() / ".cache" / "sd-energy"))
 
 
 def random_arch(variant: ModelVariant) -> str:

@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     locked = usable(table)
     source = {str(wl): Path(src) for wl, src in runs.groupby("workload")["source"].first().items()}
     apps = sorted(source) if not a.apps else [s.strip() for s in a.apps.split(",")]
-    os.environ.setdefault("PROFILING_LOCK_DIR", tempfile.mkdtemp(prefix="bench-guided-locks-"))
+    os.environ.setdefault("SD_ENERGY_LOCK_DIR", tempfile.mkdtemp(prefix="bench-guided-locks-"))
 
     rows, held_out = [], {}
     t_fit = 0.0

@@ -28,7 +28,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=1.0)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
-    env = {**os.environ, "PROFILING_SIMULATED_DIR": str(tmp / "gpu"), "PROFILING_LOCK_DIR": str(tmp / "locks")}
+    env = {**os.environ, "SD_ENERGY_SIMULATED_DIR": str(tmp / "gpu"), "SD_ENERGY_LOCK_DIR": str(tmp / "locks")}
     direct = []
     for _ in range(args.runs):
         t0 = time.perf_counter()

@@ -12,7 +12,8 @@ import click
 import numpy as np
 import pandas as pd
 
-from profiling.cli_support import UserError, run_cli
+from profiling.cli_support import run_cli
+from sd_energy_contract.errors import InputError
 
 from . import features as feat
 from .io import DataError, load_runs
@@ -53,7 +54,7 @@ def _load(results, gpu, need_clocks: int = 0):
             feat.check_fittable(table, need_clocks)
     except DataError as exc:
         opt = "--gpu" if str(exc).startswith("--gpu") or "--gpu" in str(exc) else "RESULTS"
-        raise UserError(opt, None, str(exc).removeprefix(f"--gpu {gpu}: ")) from None
+        raise InputError(opt, None, str(exc).removeprefix(f"--gpu {gpu}: ")) from None
     return runs, table
 
 
@@ -110,7 +111,7 @@ def _out(out: str | None) -> Path | None:
     try:
         p.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError("--out", out, exc.strerror or "cannot create") from None
+        raise InputError("--out", out, exc.strerror or "cannot create") from None
     return p
 
 
@@ -142,9 +143,9 @@ def features(results, gpu, out):
 def fit(results, gpu, out, kind, save):
     """Fit a model. physical: per workload; cross/fgcs: across workloads with leave-one-workload-out CV."""
     if save is not None and kind != "cross":
-        raise UserError("--save", save, "only a cross-workload model can be saved (add --model cross)")
+        raise InputError("--save", save, "only a cross-workload model can be saved (add --model cross)")
     if save is not None and not Path(save).parent.is_dir():
-        raise UserError("--save", save, "its directory does not exist")
+        raise InputError("--save", save, "its directory does not exist")
     runs, table = _load(results, gpu, need_clocks=3)
     if kind == "physical":
         rows = []
@@ -160,14 +161,14 @@ def fit(results, gpu, out, kind, save):
         result = pd.DataFrame(rows)
     else:
         if table["workload"].nunique() < 3:
-            raise UserError("--model", kind, f"needs at least 3 workloads for cross-validation, "
+            raise InputError("--model", kind, f"needs at least 3 workloads for cross-validation, "
                             f"the data has {table['workload'].nunique()}")
         make = _cross_model_factory(table) if kind == "cross" else FGCSModel
         progress = Progress("leave-one-workload-out: fold")
         try:
             result = leave_one_workload_out(table, make, progress=progress)
         except DataError as exc:
-            raise UserError("--model", kind, str(exc)) from None
+            raise InputError("--model", kind, str(exc)) from None
         finally:
             progress.close()
         means = result[[c for c in result.columns if c.endswith(("_mape", "_r2"))]].mean()
@@ -194,7 +195,7 @@ def predict(results, gpu, out, clocks):
     try:
         fs = [float(c) for c in clocks.split(",") if c.strip()]
     except ValueError:
-        raise UserError("--clocks", clocks, "must be comma-separated MHz numbers") from None
+        raise InputError("--clocks", clocks, "must be comma-separated MHz numbers") from None
     runs, table = _load(results, gpu, need_clocks=3)
     rows = []
     for wl, g in usable(table).groupby("workload"):
@@ -238,9 +239,9 @@ def select(results, gpu, out, objective, max_slowdown, choose_on, guided):
         click.echo(text)
     if guided:
         if guided < 2:
-            raise UserError("--guided", guided, "needs at least 2 probe clocks")
+            raise InputError("--guided", guided, "needs at least 2 probe clocks")
         if table["workload"].nunique() < 3:
-            raise UserError("--guided", guided, "needs at least 3 workloads to train the cross-workload model")
+            raise InputError("--guided", guided, "needs at least 3 workloads to train the cross-workload model")
         progress = Progress("guided search: workload")
         try:
             reg = evaluate_guided(table, _cross_model_factory(table), objective, guided, _slowdown(max_slowdown),

@@ -21,6 +21,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from sd_energy_contract.gpus import gpu_tdp_w
+
 from .io import ACTIVITY, DataError
 
 GROUP = ["workload", "gpu", "sm_clock_mhz"]
@@ -119,15 +121,6 @@ def add_relative(table: pd.DataFrame) -> pd.DataFrame:
     table["tdp_w"] = tdp_per_row(table["gpu"])
     table["power_tdp_at_max"] = table["power_w_at_max"] / table["tdp_w"]
     return table
-
-
-def gpu_tdp_w(gpu_type: str | None) -> float | None:
-    """The TDP (W) of a GPU type in configs/gpus.yaml, or None when the type or its TDP is unknown."""
-    from profiling.backends.base import load_gpu_specs
-
-    spec = load_gpu_specs().get(gpu_type) if gpu_type else None
-    tdp = spec.get("tdp_w") if isinstance(spec, dict) else None
-    return float(tdp) if tdp else None
 
 
 def tdp_per_row(gpus: pd.Series) -> pd.Series:

@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 
 from profiling.planning import PlannerError
+from sd_energy_contract.gpus import gpu_tdp_w
 
-from .features import gpu_tdp_w
 from .io import DataError
 from .models import POWER_TDP
 from .selection import OBJECTIVES, GuidedSearch

@@ -16,9 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from profiling.backends.replay import ACTIVITY_COLUMNS, is_reference_csv, load_reference
-from profiling.monitor import WORK_PHASES
-from profiling.results import DONE_STATUSES, RUNS_COLUMNS
+from profiling.backends.replay import is_reference_csv, load_reference
+from sd_energy_contract.files import complete_text
+from sd_energy_contract.gpus import load_gpu_specs
+from sd_energy_contract.layout import DONE_STATUSES, RUNS_COLUMNS
+from sd_energy_contract.phases import WORK_PHASES
+from sd_energy_contract.reference import ACTIVITY_COLUMNS
 
 REQUIRED = ["run_id", "sm_clock_target_mhz", "status", "warmup", "work_s", "work_energy_j"]
 ACTIVITY = sorted(set(ACTIVITY_COLUMNS.values()))
@@ -74,10 +77,9 @@ def _activity_from_samples(result_dir: Path, run_ids: pd.Series) -> pd.DataFrame
 
 def load_results_dir(path: Path) -> pd.DataFrame:
     runs_path = path / "runs.csv"
-    text = runs_path.read_text()
     from io import StringIO
 
-    df = pd.read_csv(StringIO(text[: text.rfind("\n") + 1]))
+    df = pd.read_csv(StringIO(complete_text(runs_path.read_text())))
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
         raise DataError(f"{runs_path}: missing column(s) {', '.join(missing)}")
@@ -127,8 +129,6 @@ def load_results_dir(path: Path) -> pd.DataFrame:
 
 def add_utilisation(runs: pd.DataFrame) -> None:
     """Achieved TFLOP/s and model FLOP utilisation against the GPU type's dense peak (configs/gpus.yaml)."""
-    from profiling.backends.base import load_gpu_specs
-
     specs = load_gpu_specs()
     runs["achieved_tflops"] = runs["flops_per_image"] * runs["images"] / runs["time_s"] / 1e12
     dtype = runs["app_dtype"].astype(str) if "app_dtype" in runs else pd.Series("bf16", index=runs.index)

@@ -26,6 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy import stats
 
+from sd_energy_contract.phases import CONTAINER_PHASES, LEAF_PHASES
+
 from .features import GROUP, flag_runs, usable_mask
 from .models import PhysicalModel
 from .selection import choose_all, choose_clock, smooth_curves
@@ -33,8 +35,6 @@ from .selection import choose_all, choose_clock, smooth_curves
 SYNTHETIC_NOTE = ("SYNTHETIC DATA: these results come from the simulated GPU backend (a documented model, "
                   "profiling/backends/simulated.py), not from a measurement.")
 
-LEAF_PHASES = ("load", "warmup", "text_encode", "denoise_step", "vae_decode", "save")
-CONTAINER_PHASES = ("batch", "process")  # they contain the leaf phases: stacking them would count energy twice
 PHASE_COLOURS = {"load": "#bdbdbd", "warmup": "#bebada", "text_encode": "#8dd3c7", "denoise_step": "#fb8072",
                  "vae_decode": "#80b1d3", "save": "#fdb462", "batch": "#ffffb3", "process": "#ffffff"}
 SMALL_MULTIPLES_FROM = 5  # from this many workloads on, one small panel per workload, relative to its max clock

@@ -1,6 +1,7 @@
 """What the project's three command lines share: one-line user errors and ``--config`` files.
 
-A user error is one line, ``error: --option VALUE: what is wrong``, exit code 2, no traceback.
+A user error (``sd_energy_contract.errors.InputError``, or click's own usage errors) is one line,
+``error: --option VALUE: what is wrong``, exit code 2, no traceback.
 ``--config FILE.yaml`` fills click's ``default_map``, so the command line beats the file and the
 file beats the defaults; an unknown key is an error that suggests the close match.
 """
@@ -8,22 +9,12 @@ file beats the defaults; an unknown key is an error that suggests the close matc
 from __future__ import annotations
 
 import difflib
-import sys
 from pathlib import Path
 
 import click
 import yaml
 
-
-class UserError(click.ClickException):
-    exit_code = 2
-
-    def __init__(self, option: str, value, problem: str):
-        super().__init__(f"{option} {value}: {problem}" if value is not None else f"{option}: {problem}")
-
-
-def fail(option: str, value, problem: str):
-    raise UserError(option, value, problem)
+from sd_energy_contract.errors import InputError
 
 
 def run_cli(command: click.Command, args: list[str] | None = None, prog_name: str | None = None) -> int:
@@ -35,7 +26,7 @@ def run_cli(command: click.Command, args: list[str] | None = None, prog_name: st
     except click.exceptions.Abort:
         click.echo("error: interrupted", err=True)
         return 130
-    except click.ClickException as exc:
+    except (click.ClickException, InputError) as exc:
         click.echo(f"error: {exc.format_message()}".replace("\n", " "), err=True)
         return 2
     return rv if isinstance(rv, int) else 0
@@ -56,18 +47,18 @@ def load_config_file(path: str, command: click.Command) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except OSError as exc:
-        raise UserError("--config", path, f"cannot read: {exc.strerror}") from None
+        raise InputError("--config", path, f"cannot read: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        raise UserError("--config", path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError("--config", path, f"not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise UserError("--config", path, "must be a mapping of option: value")
+        raise InputError("--config", path, "must be a mapping of option: value")
     names = _param_names(command)
     out = {}
     for key, value in data.items():
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UserError("--config", path, f"unknown key {key!r}{hint}")
+            raise InputError("--config", path, f"unknown key {key!r}{hint}")
         out[names[key]] = value
     return out
 
@@ -82,8 +73,3 @@ def config_option(f):
 
     return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
                         callback=callback, help="YAML file of option values (the command line wins).")(f)
-
-
-def main_entry(command: click.Command, prog_name: str | None = None):
-    """Console-script entry point: ``sys.exit(run_cli(...))``."""
-    sys.exit(run_cli(command, prog_name=prog_name))

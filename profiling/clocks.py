@@ -20,9 +20,12 @@ import socket
 import time
 from pathlib import Path
 
+from sd_energy_contract import env
+from sd_energy_contract.files import write_atomic
+
 from .backends.base import GpuBackend
 
-LOCK_DIR_ENV = "PROFILING_LOCK_DIR"
+LOCK_DIR_ENV = env.LOCK_DIR
 HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
 
@@ -112,13 +115,10 @@ class ClockGuard:
         return self
 
     def lock(self, mhz: int, mem_mhz: int | None = None) -> None:
-        self.record.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.record.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"backend": self.backend.name, "gpu_uuid": self.backend.uuid(),
+        write_atomic(self.record, json.dumps({"backend": self.backend.name, "gpu_uuid": self.backend.uuid(),
                                    "gpu_index": self.backend.index, "gpu_type": self.gpu_type, "pid": os.getpid(),
                                    "host": socket.gethostname(), "sm_clock_mhz": mhz, "mem_clock_mhz": mem_mhz,
                                    "time": time.time()}))
-        os.replace(tmp, self.record)
         self.backend.lock_sm_clock(mhz, mem_mhz)
         self.locked_mhz = mhz
 

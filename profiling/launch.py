@@ -34,10 +34,12 @@ from pathlib import Path
 
 import click
 
+from sd_energy_contract.errors import InputError
+
 from . import monitor as mon
 from .backends import BACKENDS, detect_gpu_type, load_gpu_specs, open_backend
 from .backends.base import SAMPLE_COLUMNS, GpuBackend
-from .cli_support import UserError, config_option, run_cli
+from .cli_support import config_option, run_cli
 from .clocks import ClockGuard, Interrupted, restore_stale
 from .errors import GpuError
 from .planning import PlannerError, load_planner
@@ -82,28 +84,28 @@ def select_clocks(mode: str, supported: list[int], custom: str | None, fmin: int
     hi, lo = supported[0], supported[-1]
     if mode == "custom":
         if not custom:
-            raise UserError("--custom-frequencies", None, "required with --profiling-mode custom (e.g. 1410,1200,990)")
+            raise InputError("--custom-frequencies", None, "required with --profiling-mode custom (e.g. 1410,1200,990)")
         try:
             wanted = [int(x) for x in custom.replace(" ", "").split(",") if x]
         except ValueError:
-            raise UserError("--custom-frequencies", custom, "must be comma-separated MHz integers") from None
+            raise InputError("--custom-frequencies", custom, "must be comma-separated MHz integers") from None
         for f in wanted:
             if f not in supported:
-                raise UserError("--custom-frequencies", f, f"not a supported SM clock; nearest supported: "
+                raise InputError("--custom-frequencies", f, f"not a supported SM clock; nearest supported: "
                                 f"{', '.join(map(str, nearest(supported, f)))} (range {lo}-{hi} MHz)")
         return sorted(set(wanted), reverse=True)
     fmax = hi if fmax is None else fmax
     fmin = lo if fmin is None else fmin
     for opt, val in (("--max-frequency", fmax), ("--min-frequency", fmin)):
         if not lo <= val <= hi:
-            raise UserError(opt, val, f"outside the GPU's supported SM clocks {lo}-{hi} MHz")
+            raise InputError(opt, val, f"outside the GPU's supported SM clocks {lo}-{hi} MHz")
     if fmin > fmax:
-        raise UserError("--min-frequency", fmin, f"is above --max-frequency {fmax}")
+        raise InputError("--min-frequency", fmin, f"is above --max-frequency {fmax}")
     in_range = [c for c in supported if fmin <= c <= fmax]
     if not step:
         return in_range
     if step <= 0:
-        raise UserError("--frequency-step", step, "must be a positive number of MHz")
+        raise InputError("--frequency-step", step, "must be a positive number of MHz")
     picked, target = [], in_range[0]
     while target >= fmin:
         best = min(in_range, key=lambda c: abs(c - target))
@@ -122,9 +124,9 @@ def slice_clocks(clocks: list, spec: str | None) -> list:
         if not 0 <= k < n:
             raise ValueError
     except ValueError:
-        raise UserError("--clock-slice", spec, "must be K/N with 0 <= K < N, e.g. 0/4") from None
+        raise InputError("--clock-slice", spec, "must be K/N with 0 <= K < N, e.g. 0/4") from None
     if n > len(clocks):
-        raise UserError("--clock-slice", spec, f"more slices than clocks ({len(clocks)})")
+        raise InputError("--clock-slice", spec, f"more slices than clocks ({len(clocks)})")
     base, extra = divmod(len(clocks), n)
     start = k * base + min(k, extra)
     return clocks[start:start + base + (k < extra)]
@@ -143,7 +145,7 @@ def app_command(executable: str, params: str) -> list[str]:
     try:
         args = shlex.split(params or "")
     except ValueError as exc:
-        raise UserError("--app-params", params, f"cannot be split with shell rules: {exc}") from None
+        raise InputError("--app-params", params, f"cannot be split with shell rules: {exc}") from None
     if executable.endswith(".py"):
         return [sys.executable, executable, *args]
     return [executable, *args]
@@ -188,12 +190,12 @@ class Sweep:
     # ---- one run
     def _env(self, rid: str, clock: int | None) -> dict:
         env = dict(os.environ)
-        env.update({"PROFILING_EVENTS_FILE": str(self.results.file("events", rid)),
-                    "PROFILING_METRICS_FILE": str(self.results.file("apps", rid)),
-                    "PROFILING_RUN_ID": rid, "PROFILING_SM_CLOCK_MHZ": str(clock or "")})
+        env.update({"SD_ENERGY_EVENTS_FILE": str(self.results.file("events", rid)),
+                    "SD_ENERGY_METRICS_FILE": str(self.results.file("apps", rid)),
+                    "SD_ENERGY_RUN_ID": rid, "SD_ENERGY_SM_CLOCK_MHZ": str(clock or "")})
         state = getattr(self.backend, "state_file", None)
         if state is not None:
-            env["PROFILING_SIMULATED_STATE"] = str(state)
+            env["SD_ENERGY_SIMULATED_STATE"] = str(state)
         if self.backend.name in ("nvml", "smi", "dcgm") and "CUDA_VISIBLE_DEVICES" not in os.environ:
             env.update({"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": str(self.backend.index)})
         return env
@@ -437,7 +439,7 @@ def cli(**o):
         backend = open_backend(o["profiling_tool"], gpu_index, o["gpu_type"], o["replay_source"], o["replay_app"],
                                announce=click.echo)
     except GpuError as exc:
-        raise UserError("--profiling-tool", o["profiling_tool"], str(exc)) from None
+        raise InputError("--profiling-tool", o["profiling_tool"], str(exc)) from None
     try:
         return _run(o, backend)
     finally:
@@ -447,33 +449,33 @@ def cli(**o):
 def _check_options(o: dict) -> None:
     specs = load_gpu_specs()
     if o["gpu_type"] is not None and o["gpu_type"] not in specs:
-        raise UserError("--gpu-type", o["gpu_type"], f"unknown GPU type; known: {', '.join(specs)}")
+        raise InputError("--gpu-type", o["gpu_type"], f"unknown GPU type; known: {', '.join(specs)}")
     if o["sampling_interval"] < mon.MIN_INTERVAL_S * 1000:
-        raise UserError("--sampling-interval", o["sampling_interval"], "below the 10 ms minimum")
+        raise InputError("--sampling-interval", o["sampling_interval"], "below the 10 ms minimum")
     for opt in ("num_runs",):
         if o[opt] < 1:
-            raise UserError("--num-runs", o[opt], "must be at least 1")
+            raise InputError("--num-runs", o[opt], "must be at least 1")
     if o["warmup_runs"] < 0:
-        raise UserError("--warmup-runs", o["warmup_runs"], "must be >= 0")
+        raise InputError("--warmup-runs", o["warmup_runs"], "must be >= 0")
     if o["timeout"] <= 0:
-        raise UserError("--timeout", o["timeout"], "must be positive")
+        raise InputError("--timeout", o["timeout"], "must be positive")
     if o["profiling_mode"] == "guided":
         if o["guided_probes"] < 2:
-            raise UserError("--guided-probes", o["guided_probes"], "must be at least 2 (the max clock and one more)")
+            raise InputError("--guided-probes", o["guided_probes"], "must be at least 2 (the max clock and one more)")
         if o["guided_min_probes"] < 1:
-            raise UserError("--guided-min-probes", o["guided_min_probes"], "must be at least 1")
+            raise InputError("--guided-min-probes", o["guided_min_probes"], "must be at least 1")
         if not math.isfinite(o["max_slowdown"]):
-            raise UserError("--max-slowdown", o["max_slowdown"], "must be a number (negative: no limit)")
+            raise InputError("--max-slowdown", o["max_slowdown"], "must be a number (negative: no limit)")
         if o["clock_slice"]:
-            raise UserError("--clock-slice", o["clock_slice"], "not with --profiling-mode guided: its probes are "
+            raise InputError("--clock-slice", o["clock_slice"], "not with --profiling-mode guided: its probes are "
                             "chosen one after the other, from what the earlier ones measured")
     if o["reset_clocks"] or o["profiling_tool"] == "replay":
         return
     exe = Path(o["app_executable"])
     if not exe.exists():
-        raise UserError("--app-executable", o["app_executable"], "no such file")
+        raise InputError("--app-executable", o["app_executable"], "no such file")
     if exe.suffix != ".py" and not os.access(exe, os.X_OK):
-        raise UserError("--app-executable", o["app_executable"], "not executable (chmod +x, or give a .py file)")
+        raise InputError("--app-executable", o["app_executable"], "not executable (chmod +x, or give a .py file)")
     app_command(o["app_executable"], o["app_params"])  # fails early on unbalanced quotes
 
 
@@ -486,7 +488,7 @@ def _check_writable(out_dir: Path, option_value: str | None) -> None:
         probe.touch()
         probe.unlink()
     except OSError as exc:
-        raise UserError("--output-dir", option_value or out_dir, f"not writable ({exc.strerror})") from None
+        raise InputError("--output-dir", option_value or out_dir, f"not writable ({exc.strerror})") from None
 
 
 def _all_gpus(o: dict) -> int:
@@ -548,7 +550,7 @@ def _run(o: dict, backend: GpuBackend) -> int:
     try:
         supported = backend.supported_sm_clocks_mhz(o["memory_frequency"])
     except GpuError as exc:
-        raise UserError("--memory-frequency" if o["memory_frequency"] else "--profiling-tool",
+        raise InputError("--memory-frequency" if o["memory_frequency"] else "--profiling-tool",
                         o["memory_frequency"] or backend.name, str(exc)) from None
     guided = o["profiling_mode"] == "guided"
     clocks = select_clocks(o["profiling_mode"], supported, o["custom_frequencies"], o["min_frequency"],
@@ -575,7 +577,7 @@ def _run(o: dict, backend: GpuBackend) -> int:
     results = ResultsDir(out_dir)
     old = results.manifest()
     if old and old.get("config_hash") != chash:
-        raise UserError("--output-dir", out_dir, f"holds a different sweep (config {old.get('config_hash')} vs "
+        raise InputError("--output-dir", out_dir, f"holds a different sweep (config {old.get('config_hash')} vs "
                         f"{chash}); choose another directory")
     manifest = {
         **old, "gpu_name": backend.device_name(), "gpu_uuid": backend.uuid(), "driver": backend.driver_version(),
@@ -624,18 +626,18 @@ def _slowdown(o: dict) -> float | None:
     return None if o["max_slowdown"] < 0 else float(o["max_slowdown"])
 
 
-def _planner_error(exc: PlannerError) -> UserError:
+def _planner_error(exc: PlannerError) -> InputError:
     """A planner's complaint as the launcher's one-line error, naming the option the value came from."""
     option = PLANNER_OPTIONS.get(exc.param or "", "--profiling-mode")
     text = str(exc)
     if exc.param == "model_path" and exc.value is None:
-        return UserError(option, "(default: the shipped model)", text)
+        return InputError(option, "(default: the shipped model)", text)
     if exc.param is None:
-        return UserError(option, "guided", text)
+        return InputError(option, "guided", text)
     value = exc.value
     if value is not None and text.startswith(f"{value}: "):  # load_model's messages start with the path
         text = text[len(f"{value}: "):]
-    return UserError(option, value, text)
+    return InputError(option, value, text)
 
 
 def _make_planner(o: dict, clocks: list, gpu_type: str | None):

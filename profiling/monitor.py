@@ -16,14 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sd_energy_contract.files import complete_lines
+from sd_energy_contract.phases import BATCH, PHASE_PRIORITY, PROCESS, WORK_PHASES
+
 from .backends.base import GpuBackend, GpuSample
 
 MIN_INTERVAL_S = 0.010
-
-# Which phase a sample belongs to when several are open: the innermost, most specific one.
-PHASE_PRIORITY = ["denoise_step", "text_encode", "vae_decode", "save", "warmup", "batch", "load"]
-# The steady-state work a run's activity counters are averaged over (launcher and power_modeling alike).
-WORK_PHASES = frozenset({"denoise_step", "text_encode", "vae_decode", "batch"})
+__all__ = ["PHASE_PRIORITY", "WORK_PHASES", "PowerMonitor", "EnergyTrace", "PhaseSpan", "read_events",
+           "label_samples", "work_window", "measure_idle_power_w"]
 
 
 class PowerMonitor:
@@ -164,10 +164,7 @@ class PhaseSpan:
 
 def read_events(path: Path) -> list[PhaseSpan]:
     """Pair start/end events into spans; a half-written last line or an unclosed span is dropped."""
-    if not Path(path).exists():
-        return []
-    text = Path(path).read_text()
-    lines = text[: text.rfind("\n") + 1].splitlines()
+    lines = complete_lines(path)
     open_spans: dict[tuple, dict] = {}
     spans = []
     for line in lines:
@@ -192,13 +189,13 @@ def label_samples(samples: list[GpuSample], spans: list[PhaseSpan]) -> list[str]
         if sp.phase in PHASE_PRIORITY:
             lo, hi = np.searchsorted(t, sp.start_s, "left"), np.searchsorted(t, sp.end_s, "right")
             np.minimum(rank[lo:hi], PHASE_PRIORITY.index(sp.phase), out=rank[lo:hi])
-    names = [*PHASE_PRIORITY, "process"]
+    names = [*PHASE_PRIORITY, PROCESS]
     return [names[r] for r in rank]
 
 
 def work_window(spans: list[PhaseSpan]) -> tuple[float, float] | None:
     """Steady-state generation: from the first measured batch's start to the last one's end (warm-up excluded)."""
-    batches = [sp for sp in spans if sp.phase == "batch"]
+    batches = [sp for sp in spans if sp.phase == BATCH]
     if not batches:
         return None
     return min(b.start_s for b in batches), max(b.end_s for b in batches)

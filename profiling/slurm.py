@@ -20,7 +20,9 @@ from pathlib import Path
 import click
 import yaml
 
-from .cli_support import UserError, run_cli
+from sd_energy_contract.errors import InputError
+
+from .cli_support import run_cli
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SITE_FILE = REPO_ROOT / "slurm" / "site.yaml"
@@ -34,10 +36,10 @@ def load_site(path: str | Path | None = None) -> dict:
     try:
         site = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
-        raise UserError("SD_ENERGY_SITE", str(path), f"cannot read site settings: {exc.strerror}") from None
+        raise InputError("SD_ENERGY_SITE", str(path), f"cannot read site settings: {exc.strerror}") from None
     unknown = set(site) - SITE_KEYS
     if unknown:
-        raise UserError("SD_ENERGY_SITE", str(path), f"unknown setting(s) {', '.join(sorted(unknown))}; "
+        raise InputError("SD_ENERGY_SITE", str(path), f"unknown setting(s) {', '.join(sorted(unknown))}; "
                         f"known: {', '.join(sorted(SITE_KEYS))}")
     return site
 
@@ -106,13 +108,13 @@ def check_experiment(name: str) -> Path:
     path = experiment_path(name)
     if not path.is_file():
         known = sorted(q.stem for q in (REPO_ROOT / "configs" / "experiments").glob("*.yaml"))
-        raise UserError("EXPERIMENT", name, f"no experiment file {path}; known: {', '.join(known)}")
+        raise InputError("EXPERIMENT", name, f"no experiment file {path}; known: {', '.join(known)}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
-        raise UserError("EXPERIMENT", name, f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise InputError("EXPERIMENT", name, f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise UserError("EXPERIMENT", name, f"{path} must be a mapping of launcher options")
+        raise InputError("EXPERIMENT", name, f"{path} must be a mapping of launcher options")
     from .cli_support import load_config_file
     from .launch import cli as launch_cli
 
@@ -127,7 +129,7 @@ def check_partition(site: dict) -> None:
     out = subprocess.run(["sinfo", "-h", "-o", "%R"], capture_output=True, text=True, timeout=30)
     known = sorted(set(out.stdout.split()))
     if out.returncode == 0 and part not in known:
-        raise UserError("partition", part, f"not a partition of this cluster (sinfo lists: {', '.join(known)}); "
+        raise InputError("partition", part, f"not a partition of this cluster (sinfo lists: {', '.join(known)}); "
                         "fix slurm/site.yaml")
 
 
@@ -168,9 +170,9 @@ def submit_cmd(gpu_type, experiment, site, array_tasks, dependency):
     check_experiment(experiment)
     check_partition(settings)
     if array_tasks is not None and array_tasks < 1:
-        raise UserError("--array-tasks", array_tasks, "must be at least 1")
+        raise InputError("--array-tasks", array_tasks, "must be at least 1")
     if not shutil.which("sbatch"):
-        raise UserError("sbatch", None, "not found on PATH: is this a SLURM login node?")
+        raise InputError("sbatch", None, "not found on PATH: is this a SLURM login node?")
     script = REPO_ROOT / "results" / "slurm" / f"submit_{gpu_type.lower()}{'_array' if array_tasks else ''}.sh"
     script.parent.mkdir(parents=True, exist_ok=True)
     _write_script(script, render(gpu_type, settings, array_tasks))
@@ -178,7 +180,7 @@ def submit_cmd(gpu_type, experiment, site, array_tasks, dependency):
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
                           env={**os.environ, "GPU_TYPE": gpu_type, "SD_ENERGY_ROOT": str(REPO_ROOT)})
     if proc.returncode != 0:
-        raise UserError("sbatch", None, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
+        raise InputError("sbatch", None, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
     click.echo(proc.stdout.strip().split(";")[0])
 
 

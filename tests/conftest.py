@@ -21,7 +21,7 @@ def _session_env(tmp_path_factory):
     cache = tmp_path_factory.mktemp("sd-cache")
     os.environ["SD_ENERGY_CACHE"] = os.environ.get("SD_ENERGY_TEST_CACHE", str(cache))
     os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["PROFILING_FORCE_SIMULATED"] = "1"
+    os.environ["SD_ENERGY_FORCE_SIMULATED"] = "1"
     os.environ.setdefault("PYTHONPATH", str(REPO))
     yield
 
@@ -29,8 +29,8 @@ def _session_env(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def gpu_state(tmp_path, monkeypatch):
     """Each test gets its own simulated-GPU state and lock records (like its own GPU)."""
-    monkeypatch.setenv("PROFILING_SIMULATED_DIR", str(tmp_path / "simgpu"))
-    monkeypatch.setenv("PROFILING_LOCK_DIR", str(tmp_path / "locks"))
+    monkeypatch.setenv("SD_ENERGY_SIMULATED_DIR", str(tmp_path / "simgpu"))
+    monkeypatch.setenv("SD_ENERGY_LOCK_DIR", str(tmp_path / "locks"))
     return tmp_path
 
 
@@ -51,7 +51,7 @@ FAKE_APP = str(REPO / "tests" / "data" / "fake_app.py")
 @pytest.fixture(scope="session")
 def sim_results(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim") / "res"
-    env = {"PROFILING_SIMULATED_DIR": str(out.parent / "gpu"), "PROFILING_LOCK_DIR": str(out.parent / "locks")}
+    env = {"SD_ENERGY_SIMULATED_DIR": str(out.parent / "gpu"), "SD_ENERGY_LOCK_DIR": str(out.parent / "locks")}
     p = run_py("-m", "profiling.launch", "--profiling-tool", "simulated", "--gpu-type", "H100", "--profiling-mode",
                "custom", "--custom-frequencies", "1785,1590,1395,1200,990,795", "--num-runs", "2",
                "--sleep-interval", "0", "--idle-seconds", "0.1", "--sampling-interval", "10", "--app-executable", FAKE_APP,

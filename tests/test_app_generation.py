@@ -115,7 +115,7 @@ def test_metrics_json_contract(tmp_path):
 
 def test_phase_events_file(tmp_path, monkeypatch):
     events = tmp_path / "ev.jsonl"
-    monkeypatch.setenv("PROFILING_EVENTS_FILE", str(events))
+    monkeypatch.setenv("SD_ENERGY_EVENTS_FILE", str(events))
     gen(tmp_path, steps=3, scheduler="euler")
     lines = [json.loads(x) for x in events.read_text().splitlines()]
     phases = {(e["phase"], e["event"]) for e in lines}

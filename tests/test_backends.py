@@ -187,7 +187,7 @@ def test_step_dilation_stretches_steps_at_low_clock(monkeypatch):
 
     gpu = open_backend("simulated", 0, "H100", announce=lambda m: None)
     gpu.lock_sm_clock(gpu.spec["sm_clocks_mhz"][48])  # about half the max clock
-    monkeypatch.setenv("PROFILING_SIMULATED_STATE", str(gpu.state_file))
+    monkeypatch.setenv("SD_ENERGY_SIMULATED_STATE", str(gpu.state_file))
     slept = []
     monkeypatch.setattr("time.sleep", slept.append)
     StepDilation.from_env()(0.1)

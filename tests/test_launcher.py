@@ -136,7 +136,7 @@ def test_signal_restores_clocks_and_records_the_run(tmp_path, sig):
     assert "clocks restored" in err
     assert json.loads(state.read_text()).get("sm_clock_locked_mhz") is None
     assert list(rows(out)["status"]) == ["interrupted"]
-    assert not list(Path(os.environ["PROFILING_LOCK_DIR"]).glob("*.json"))
+    assert not list(Path(os.environ["SD_ENERGY_LOCK_DIR"]).glob("*.json"))
 
 
 def test_sigkill_leaves_a_lock_record_that_the_next_launch_restores(tmp_path):
@@ -144,7 +144,7 @@ def test_sigkill_leaves_a_lock_record_that_the_next_launch_restores(tmp_path):
     proc = subprocess.Popen([PY, *BASE, "--profiling-mode", "custom", "--custom-frequencies", "705", "--num-runs", "1",
                              "--app-executable", FAKE, "--app-params", "ok 30", "--output-dir", str(out)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    locks = Path(os.environ["PROFILING_LOCK_DIR"])
+    locks = Path(os.environ["SD_ENERGY_LOCK_DIR"])
     deadline = time.time() + 60
     while time.time() < deadline and not list(locks.glob("*.json")):
         time.sleep(0.1)

@@ -6,8 +6,11 @@ import os
 import shutil
 import sys
 
+from sd_energy_contract import env
+from sd_energy_contract.gpus import detect_gpu_type, load_gpu_specs
+
 from ..errors import GpuError
-from .base import GpuBackend, GpuSample, load_gpu_specs
+from .base import GpuBackend, GpuSample
 
 BACKENDS = ("auto", "nvml", "smi", "dcgm", "simulated", "replay")
 
@@ -42,7 +45,7 @@ def open_backend(name: str, index: int = 0, gpu_type: str | None = None, replay_
             raise GpuError("--profiling-tool replay needs --replay-source (a reference CSV or a results directory)")
         return ReplayGpu(replay_source, replay_app, index)
     # auto
-    if os.environ.get("PROFILING_FORCE_SIMULATED") != "1":
+    if os.environ.get(env.FORCE_SIMULATED) != "1":
         for candidate in ("nvml", "smi"):
             if candidate == "smi" and not shutil.which("nvidia-smi"):
                 continue
@@ -53,13 +56,4 @@ def open_backend(name: str, index: int = 0, gpu_type: str | None = None, replay_
     return open_backend("simulated", index, gpu_type, announce=announce)
 
 
-def detect_gpu_type(device_name: str) -> str | None:
-    """'NVIDIA H100 80GB HBM3' -> 'H100'; the types in configs/gpus.yaml, longest name first."""
-    upper = device_name.upper()
-    for key in sorted(load_gpu_specs(), key=len, reverse=True):
-        if key.upper() in upper:
-            return key
-    return None
-
-
-__all__ = ["BACKENDS", "GpuBackend", "GpuSample", "open_backend", "detect_gpu_type"]
+__all__ = ["BACKENDS", "GpuBackend", "GpuSample", "open_backend", "detect_gpu_type", "load_gpu_specs"]

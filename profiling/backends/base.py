@@ -9,17 +9,11 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import yaml
+from sd_energy_contract.gpus import load_gpu_specs
+from sd_energy_contract.layout import SAMPLE_COLUMNS
 
-GPUS_YAML = Path(__file__).resolve().parents[2] / "configs" / "gpus.yaml"
-SAMPLE_COLUMNS = ["mono_s", "power_w", "energy_mj", "sm_clock_mhz", "mem_clock_mhz", "gpu_util_pct",
-                  "mem_used_mib", "temp_c"]
-
-
-def load_gpu_specs() -> dict[str, dict]:
-    return yaml.safe_load(GPUS_YAML.read_text())
+__all__ = ["GpuBackend", "GpuSample", "SAMPLE_COLUMNS", "load_gpu_specs"]
 
 
 @dataclass
@@ -46,6 +40,10 @@ class GpuBackend(ABC):
     name: str = "base"
     synthetic: bool = False  # True where numbers are modelled, not measured
     replays: bool = False    # True where runs come from recordings instead of running the app
+    # How often the sensors give a new value (s); None where unknown. A window shorter than a few
+    # of these measures the sensor's timing, not the work (the window API warns).
+    power_update_period_s: float | None = None
+    energy_update_period_s: float | None = None
 
     def __init__(self, index: int = 0):
         self.index = index

@@ -18,12 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from sd_energy_contract import reference
+from sd_energy_contract.reference import ACTIVITY_COLUMNS
+
 from ..errors import ClockError, GpuNotFoundError
 from .base import GpuBackend, GpuSample
-
-ACTIVITY_COLUMNS = {"sm_active": "sm_active", "sm_occupancy": "sm_occupancy", "dram_active": "dram_active",
-                    "fp64_active": "fp64_active", "fp32_active": "fp32_active", "FP16A": "fp16_active",
-                    "TENSO": "tensor_active", "fp_active": "fp_active", "gr_engine_active": "gr_engine_active"}
 
 
 @dataclass
@@ -36,16 +35,14 @@ class ReplayedRun:
 
 
 def is_reference_csv(path: Path) -> bool:
-    return path.suffix == ".csv" and {"sm_app_clock", "application", "power_usage", "run_time"} <= set(
-        pd.read_csv(path, nrows=0).columns)
+    return path.suffix == ".csv" and reference.is_reference_header(pd.read_csv(path, nrows=0).columns)
 
 
 def load_reference(path: Path) -> pd.DataFrame:
     """The reference table with project names and units (energy recomputed as P*T, see its README)."""
     df = pd.read_csv(path)
-    df = df.drop(columns=[c for c in df.columns if c.startswith("Unnamed") or c == "index"])
-    df = df.rename(columns={"sm_app_clock": "sm_clock_mhz", "power_usage": "avg_power_w", "run_time": "work_s",
-                            "application": "workload", **ACTIVITY_COLUMNS})
+    df = df.drop(columns=[c for c in df.columns if c.startswith(reference.DROPPED_PREFIXES) or c in reference.DROPPED])
+    df = df.rename(columns=reference.RENAMES)
     df["energy_j"] = df["avg_power_w"] * df["work_s"]
     return df
 

@@ -24,11 +24,15 @@ import os
 import time
 from pathlib import Path
 
-from ..errors import ClockError, GpuNotFoundError
-from .base import GpuBackend, GpuSample, load_gpu_specs
+from sd_energy_contract import env
+from sd_energy_contract.files import complete_text, write_atomic
+from sd_energy_contract.gpus import load_gpu_specs
 
-STATE_ENV = "PROFILING_SIMULATED_STATE"
-STATE_DIR_ENV = "PROFILING_SIMULATED_DIR"
+from ..errors import ClockError, GpuNotFoundError
+from .base import GpuBackend, GpuSample
+
+STATE_ENV = env.SIMULATED_STATE
+STATE_DIR_ENV = env.SIMULATED_DIR
 
 # Activity of each app phase (fraction of full-load dynamic power).
 PHASE_ACTIVITY = {"denoise_step": 1.0, "text_encode": 0.55, "vae_decode": 0.8, "batch": 0.5, "warmup": 0.5,
@@ -49,10 +53,7 @@ def _read_state(path: Path) -> dict:
 
 
 def _write_state(path: Path, state: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(state))
 
 
 class SimulatedGpu(GpuBackend):
@@ -134,7 +135,7 @@ class SimulatedGpu(GpuBackend):
             with open(self._events_path) as fh:
                 fh.seek(self._events_pos)
                 chunk = fh.read()
-            complete = chunk[: chunk.rfind("\n") + 1]
+            complete = complete_text(chunk)
             self._events_pos += len(complete)
             for line in complete.splitlines():
                 ev = json.loads(line)

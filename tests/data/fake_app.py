@@ -12,7 +12,7 @@ seconds = float(args[1]) if len(args) > 1 and mode != "argv" else 0.3
 
 
 def event(kind, phase, **kw):
-    path = os.environ.get("PROFILING_EVENTS_FILE")
+    path = os.environ.get("SD_ENERGY_EVENTS_FILE")
     if path:
         with open(path, "a") as fh:
             fh.write(json.dumps({"event": kind, "phase": phase, "mono_s": time.monotonic(), **kw}) + "\n")
@@ -34,7 +34,7 @@ event("start", "load")
 time.sleep(0.05)
 event("end", "load")
 dilate = None
-if os.environ.get("PROFILING_SIMULATED_STATE"):  # behave like the real app on the simulated GPU
+if os.environ.get("SD_ENERGY_SIMULATED_STATE"):  # behave like the real app on the simulated GPU
     from profiling.backends.simulated import StepDilation
 
     dilate = StepDilation.from_env()
@@ -46,6 +46,6 @@ for i in range(3):
         dilate(seconds / 3)
     event("end", "denoise_step", step=i, batch=0)
 event("end", "batch", batch=0)
-if os.environ.get("PROFILING_METRICS_FILE"):
-    with open(os.environ["PROFILING_METRICS_FILE"], "w") as fh:
+if os.environ.get("SD_ENERGY_METRICS_FILE"):
+    with open(os.environ["SD_ENERGY_METRICS_FILE"], "w") as fh:
         json.dump({"images": 2, "config": {"model_variant": "fake", "steps": 3, "height": 64, "width": 64}}, fh)
