@@ -205,12 +205,10 @@ class Sweep:
         res = self.results
         for kind in ("events", "apps"):
             res.file(kind, rid).unlink(missing_ok=True)  # a redone run never mixes with its earlier try
-        attach = getattr(self.backend, "attach_run", None)
         monitor = mon.PowerMonitor(self.backend, self.opts["sampling_interval"] / 1000.0)
         with open(res.log(rid, "out"), "w") as out, open(res.log(rid, "err"), "w") as err:
             monitor.start()
-            if attach:
-                attach(res.file("events", rid))
+            self.backend.begin_run(res.file("events", rid))
             t_start = time.monotonic()
             status, code, stopped_by, proc = "ok", None, None, None
             try:
@@ -228,8 +226,7 @@ class Sweep:
                 _kill_group(proc)
             finally:
                 t_end = time.monotonic()
-                if attach:
-                    attach(None)
+                self.backend.end_run()
                 samples = monitor.stop()
         if stopped_by is not None:
             self._write_run(rid, clock, status, proc.returncode if proc else None, t_start, t_end, samples)

@@ -10,6 +10,7 @@ called and hold is defined here once, so the three cannot drift apart:
 * ``reference`` the reference-data CSV format (the V100 tables and what our own CSVs may add)
 * ``gpus``    the GPU specs file (``configs/gpus.yaml``)
 * ``files``   atomic writes and torn-line handling (a crash leaves at most one unterminated line)
+* ``workload`` the in-process workload protocol (load once, run many times) and its entry-point group
 * ``errors``  ``InputError``: a user's bad option, which each command line prints as one line, exit 2
 
 Nothing here imports the packages above it, click, torch, numpy or pandas (a test checks).

@@ -19,6 +19,7 @@ SIMULATED_STATE = "SD_ENERGY_SIMULATED_STATE"  # the simulated GPU's state file 
 # Settings.
 SIMULATED_DIR = "SD_ENERGY_SIMULATED_DIR"    # where simulated GPUs keep their clock state
 FORCE_SIMULATED = "SD_ENERGY_FORCE_SIMULATED"  # 1: auto-detection picks the simulated GPU
+SIMULATED_GPUS = "SD_ENERGY_SIMULATED_GPUS"  # how many simulated GPUs a node has (default 1)
 LOCK_DIR = "SD_ENERGY_LOCK_DIR"              # clock lock records
 CACHE = "SD_ENERGY_CACHE"                    # built tiny/random weights, FLOP counts
 PYTHON = "SD_ENERGY_PYTHON"                  # the Python launch.sh and SLURM jobs use
@@ -38,6 +39,7 @@ DOCUMENTED = {
     SIMULATED_STATE: "set by the launcher on the simulated GPU: its clock-state file",
     SIMULATED_DIR: "where simulated GPUs keep their clock state (default `~/.cache/sd-energy/simulated`)",
     FORCE_SIMULATED: "`1`: auto-detection uses the simulated GPU even where NVML answers",
+    SIMULATED_GPUS: "how many simulated GPUs the node has (default 1; `--all-gpus` sweeps each)",
     LOCK_DIR: "clock lock records (default `$XDG_RUNTIME_DIR/sd-energy-locks-$UID`)",
     CACHE: "built tiny/random weights and FLOP counts (default `~/.cache/sd-energy`)",
     PYTHON: "the Python `launch.sh` and SLURM jobs run (default `.venv/bin/python`)",

@@ -65,12 +65,12 @@ def test_simulated_power_follows_app_phases(tmp_path):
     gpu = open_backend("simulated", 0, "H100", announce=lambda m: None)
     ev = tmp_path / "ev.jsonl"
     ev.write_text("")
-    gpu.attach_run(ev)
+    gpu.begin_run(ev)
     idle_run = gpu.sample().power_w
     with open(ev, "a") as fh:
         fh.write(json.dumps({"event": "start", "phase": "denoise_step", "mono_s": 0}) + "\n")
     busy = gpu.sample().power_w
-    gpu.attach_run(None)
+    gpu.end_run()
     assert gpu.sample().power_w == gpu.model["idle_w"] < idle_run < busy
 
 

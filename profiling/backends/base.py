@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from sd_energy_contract.gpus import load_gpu_specs
 from sd_energy_contract.layout import SAMPLE_COLUMNS
@@ -82,6 +83,21 @@ class GpuBackend(ABC):
 
     def throttle_reasons(self) -> str:
         return ""
+
+    # what the launcher needs around each run, so it never asks which backend it has
+    def visible_devices(self) -> list[int]:
+        """Indices of the GPUs this job can see through this backend (``--all-gpus`` sweeps each)."""
+        return [self.index]
+
+    def child_env(self) -> dict[str, str]:
+        """Environment variables that put a child process on exactly this GPU."""
+        return {"CUDA_DEVICE_ORDER": "PCI_BUS_ID", "CUDA_VISIBLE_DEVICES": self.uuid()}
+
+    def begin_run(self, events_path: Path | None) -> None:  # noqa: B027 - optional hook
+        """A run starts; its phase events will be appended to ``events_path`` (the simulated GPU reads them)."""
+
+    def end_run(self) -> None:  # noqa: B027 - optional hook
+        """The run ended."""
 
     def close(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release handles; clocks are restored by the ClockGuard, not here."""

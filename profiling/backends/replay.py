@@ -95,6 +95,9 @@ class ReplayGpu(GpuBackend):
     def reset_clocks(self) -> None:
         self._clock = None
 
+    def child_env(self) -> dict[str, str]:
+        return {}  # nothing runs: the recorded runs are served
+
     def sample(self) -> GpuSample:
         return GpuSample(mono_s=self.now(), sm_clock_mhz=self._clock)
 

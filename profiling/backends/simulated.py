@@ -120,13 +120,26 @@ class SimulatedGpu(GpuBackend):
         _write_state(self.state_file, state)
         self._clock_read_s = -1.0
 
+    def visible_devices(self) -> list[int]:
+        """``SD_ENERGY_SIMULATED_GPUS`` simulated GPUs (default 1), like a node's visible GPUs."""
+        raw = os.environ.get(env.SIMULATED_GPUS, "1")
+        return list(range(int(raw))) if raw.isdigit() and int(raw) > 0 else [0]
+
+    def child_env(self) -> dict[str, str]:
+        """The app finds this GPU's clock through its state file (``StepDilation.from_env``)."""
+        return {env.SIMULATED_STATE: str(self.state_file)}
+
     # activity from the app's phase events
-    def attach_run(self, events_path: Path | None) -> None:
-        """Called by the monitor at the start (path) and end (None) of each app run."""
+    def begin_run(self, events_path: Path | None) -> None:
         self._events_path = Path(events_path) if events_path else None
         self._events_pos = 0
         self._open = {}
-        self._running = events_path is not None
+        self._running = True
+
+    def end_run(self) -> None:
+        self._events_path = None
+        self._open = {}
+        self._running = False
 
     def _activity(self) -> float:
         if not self._running:
