@@ -2,7 +2,7 @@
 
 The window API is what a researcher imports into their own code::
 
-    from profiling import EnergyMonitor, locked_clock
+    from profiling import EnergyMonitor, locked_clock, sweep
 
 Its names are loaded on first use (PEP 562 ``__getattr__``), so ``import profiling.slurm`` or a
 command line's ``--help`` does not pay for numpy and the backends.
@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .sweep import sweep
     from .window import (
         ClockLock,
         EnergyMonitor,
@@ -26,8 +27,10 @@ if TYPE_CHECKING:
 # name -> the module that defines it
 _LAZY = {name: "profiling.window" for name in ("EnergyMonitor", "Measurement", "ShortWindowWarning",
                                                  "SparseSamplesWarning", "ClockLock", "locked_clock")}
+_LAZY["sweep"] = "profiling.sweep"
 
-__all__ = ["ClockLock", "EnergyMonitor", "Measurement", "ShortWindowWarning", "SparseSamplesWarning", "locked_clock"]
+__all__ = ["ClockLock", "EnergyMonitor", "Measurement", "ShortWindowWarning", "SparseSamplesWarning", "locked_clock",
+           "sweep"]
 
 
 def __getattr__(name: str) -> Any:

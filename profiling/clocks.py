@@ -122,6 +122,16 @@ class ClockGuard:
         self.backend.lock_sm_clock(mhz, mem_mhz)
         self.locked_mhz = mhz
 
+    def switch(self, mhz: int | None) -> None:
+        """Change the clock inside a run (per-phase clocks): the lock record is written once, not per
+        switch, since any record is enough for a later launch to restore the GPU."""
+        if mhz is None:
+            self.backend.reset_clocks()
+        elif self.record.exists():
+            self.backend.lock_sm_clock(mhz)
+        else:
+            self.lock(mhz)
+
     def restore(self) -> None:
         if self.record.exists() or self.locked_mhz is not None:
             self.backend.reset_clocks()

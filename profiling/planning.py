@@ -1,4 +1,7 @@
-"""Clock planners: what picks the next clock to measure in the launcher's adaptive (guided) mode.
+"""Which clocks a sweep measures: fixed lists (baseline, dvfs, custom, array slices) and planners.
+
+A fixed sweep knows its clocks up front (``select_clocks``, ``slice_clocks``, ``SweepPlan``). In
+the adaptive (guided) mode a planner picks the next clock from what was measured so far.
 
 The launcher measures; a planner decides. The planner that knows about power models lives in
 ``power_modeling`` (``power_modeling.guided``), a layer above ``profiling`` that ``profiling`` must
@@ -14,10 +17,112 @@ error without knowing what the planner does with the value.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, runtime_checkable
 
+from sd_energy_contract.errors import InputError
+from sd_energy_contract.layout import run_id
+
 ENTRY_POINT_GROUP = "sd_energy.clock_planners"
+
+
+# --------------------------------------------------------------------------- fixed clock lists
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of a sweep: at ``clock`` (None = the default, unlocked clock), repeat ``index``."""
+
+    clock: int | None
+    index: int
+    warmup: bool = False
+
+    @property
+    def run_id(self) -> str:
+        return run_id(self.clock, self.index, self.warmup)
+
+
+@dataclass
+class SweepPlan:
+    clocks: list[int | None]            # None = default (unlocked) clock
+    num_runs: int
+    warmup_runs: int
+    runs: list[RunSpec] = field(default_factory=list)
+
+    def __post_init__(self):
+        # Highest clock first: the reference run for slowdowns comes first, and a sweep cut short has it.
+        for c in self.clocks:
+            self.runs += [RunSpec(c, i, True) for i in range(self.warmup_runs)]
+            self.runs += [RunSpec(c, i, False) for i in range(self.num_runs)]
+
+
+def nearest(clocks: list[int], target: int, n: int = 3) -> list[int]:
+    return sorted(sorted(clocks, key=lambda c: abs(c - target))[:n], reverse=True)
+
+
+def select_clocks(mode: str, supported: list[int], custom: str | None, fmin: int | None, fmax: int | None,
+                  step: int | None) -> list[int | None]:
+    """The clock list of a sweep, validated against what the GPU supports.
+
+    In guided mode these are the candidates the planner may choose from (a dvfs sweep's clocks);
+    which of them are measured is decided one probe at a time.
+    """
+    if mode == "baseline":
+        return [None]
+    if mode == "guided":
+        return select_clocks("dvfs", supported, None, fmin, fmax, step)
+    hi, lo = supported[0], supported[-1]
+    if mode == "custom":
+        if not custom:
+            raise InputError("--custom-frequencies", None, "required with --profiling-mode custom (e.g. 1410,1200,990)")
+        try:
+            wanted = [int(x) for x in custom.replace(" ", "").split(",") if x]
+        except ValueError:
+            raise InputError("--custom-frequencies", custom, "must be comma-separated MHz integers") from None
+        if not wanted:
+            raise InputError("--custom-frequencies", custom, "names no clock (e.g. 1410,1200,990)")
+        for f in wanted:
+            if f not in supported:
+                raise InputError("--custom-frequencies", f, f"not a supported SM clock; nearest supported: "
+                                 f"{', '.join(map(str, nearest(supported, f)))} (range {lo}-{hi} MHz)")
+        return sorted(set(wanted), reverse=True)
+    fmax = hi if fmax is None else fmax
+    fmin = lo if fmin is None else fmin
+    for opt, val in (("--max-frequency", fmax), ("--min-frequency", fmin)):
+        if not lo <= val <= hi:
+            raise InputError(opt, val, f"outside the GPU's supported SM clocks {lo}-{hi} MHz")
+    if fmin > fmax:
+        raise InputError("--min-frequency", fmin, f"is above --max-frequency {fmax}")
+    in_range = [c for c in supported if fmin <= c <= fmax]
+    if not step:
+        return in_range
+    picked, target = [], in_range[0]
+    while target >= fmin:
+        best = min(in_range, key=lambda c: abs(c - target))
+        if best not in picked:
+            picked.append(best)
+        target -= step
+    return sorted(picked, reverse=True)
+
+
+def slice_clocks(clocks: list, spec: str | None) -> list:
+    """``K/N``: the K-th of N contiguous, near-equal slices (the union of all K is the whole list)."""
+    if not spec:
+        return clocks
+    try:
+        k, n = (int(x) for x in spec.split("/"))
+        if not 0 <= k < n:
+            raise ValueError
+    except ValueError:
+        raise InputError("--clock-slice", spec, "must be K/N with 0 <= K < N, e.g. 0/4") from None
+    if n > len(clocks):
+        raise InputError("--clock-slice", spec, f"more slices than clocks ({len(clocks)})")
+    base, extra = divmod(len(clocks), n)
+    start = k * base + min(k, extra)
+    return clocks[start:start + base + (k < extra)]
+
+
+# --------------------------------------------------------------------------- adaptive planners
 
 
 @runtime_checkable

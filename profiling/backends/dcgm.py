@@ -40,6 +40,8 @@ def parse_dmon_line(line: str, gpu_index: int) -> dict[str, float | None] | None
 
 class DcgmGpu(GpuBackend):
     name = "dcgm"
+    power_update_period_s = 0.1  # dmon's -d interval (100 ms by default) bounds what it can show
+    energy_update_period_s = 0.1
 
     def __init__(self, index: int = 0, interval_ms: int = 100):
         super().__init__(index)
@@ -93,6 +95,9 @@ class DcgmGpu(GpuBackend):
 
     def energy_mj(self) -> float | None:
         return self._latest.get("energy_mj")
+
+    def visible_devices(self) -> list[int]:
+        return self.control.visible_devices()
 
     def throttle_reasons(self) -> str:
         return self.control.throttle_reasons()

@@ -35,6 +35,10 @@ def _map_error(pynvml, exc: Exception, what: str) -> GpuError:
 
 class NvmlGpu(GpuBackend):
     name = "nvml"
+    # The energy counter advances about every 100 ms; power is refreshed about as often (and on
+    # H100/H200 it is a 1 s moving average: issue 12 adds the instantaneous field).
+    power_update_period_s = 0.1
+    energy_update_period_s = 0.1
 
     def __init__(self, index: int = 0):
         super().__init__(index)
@@ -48,7 +52,7 @@ class NvmlGpu(GpuBackend):
             raise GpuNotFoundError(f"GPU index {index} does not exist: this node has {count} GPU(s)")
         self.handle = self.nv.nvmlDeviceGetHandleByIndex(index)
         self._has_energy: bool | None = None
-        self._locked_with: str | None = None
+        self._count = count
 
     def _call(self, what: str, fn, *args):
         try:
@@ -89,12 +93,10 @@ class NvmlGpu(GpuBackend):
     def lock_sm_clock(self, mhz: int, mem_mhz: int | None = None) -> None:
         try:
             self._call(f"lock SM clock at {mhz} MHz", self.nv.nvmlDeviceSetGpuLockedClocks, mhz, mhz)
-            self._locked_with = "locked"
         except GpuNotSupportedError:
             # Pre-Volta or restricted drivers: application clocks are the documented fallback.
             mem = mem_mhz or self.supported_mem_clocks_mhz()[0]
             self._call(f"set application clocks {mem},{mhz} MHz", self.nv.nvmlDeviceSetApplicationsClocks, mem, mhz)
-            self._locked_with = "application"
         if mem_mhz:
             fn = getattr(self.nv, "nvmlDeviceSetMemoryLockedClocks", None)
             if fn is None:
@@ -107,7 +109,6 @@ class NvmlGpu(GpuBackend):
         fn = getattr(self.nv, "nvmlDeviceResetMemoryLockedClocks", None)
         if fn is not None:
             self._maybe(fn)
-        self._locked_with = None
 
     def energy_mj(self) -> float | None:
         if self._has_energy is False:
@@ -137,6 +138,10 @@ class NvmlGpu(GpuBackend):
             mem_used_mib=mem.used / 2**20 if mem is not None else None,
             temp_c=self._maybe(nv.nvmlDeviceGetTemperature, nv.NVML_TEMPERATURE_GPU),
         )
+
+    def visible_devices(self) -> list[int]:
+        """NVML counts what this job can see (a SLURM cgroup hides the other GPUs of the node)."""
+        return list(range(self._count))
 
     def close(self) -> None:
         with contextlib.suppress(self.nv.NVMLError):

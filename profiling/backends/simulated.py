@@ -77,7 +77,7 @@ class SimulatedGpu(GpuBackend):
         self._open: dict[str, int] = {}
         self._running = False
         self._clock_mhz: int | None = None
-        self._clock_read_s = -1.0
+        self._state_stamp: tuple | None = None
 
     # identity
     def device_name(self) -> str:
@@ -100,25 +100,28 @@ class SimulatedGpu(GpuBackend):
         return _read_state(self.state_file).get("sm_clock_locked_mhz")
 
     def current_sm_clock_mhz(self) -> int:
-        """The clock now, from the state file re-read at most every 0.5 s: sample() and each denoising
-        step call this, and another process (the launcher) may have changed it."""
-        now = time.monotonic()
-        if now - self._clock_read_s > 0.5:
+        """The clock now. The state file is re-read only when it changed (a new inode or mtime: every
+        write replaces it), so a clock another process sets (the launcher switching per phase) is
+        seen at once, for the price of one stat() per call."""
+        try:
+            st = os.stat(self.state_file)
+            stamp = (st.st_ino, st.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = None
+        if stamp != self._state_stamp or self._clock_mhz is None:
             self._clock_mhz = self.locked_sm_clock_mhz() or self.spec["sm_clock_max_mhz"]
-            self._clock_read_s = now
+            self._state_stamp = stamp
         return self._clock_mhz
 
     def lock_sm_clock(self, mhz: int, mem_mhz: int | None = None) -> None:
         if mhz not in self.spec["sm_clocks_mhz"]:
             raise ClockError(f"{mhz} MHz is not a supported SM clock of the simulated {self.gpu_type}")
         _write_state(self.state_file, {**_read_state(self.state_file), "sm_clock_locked_mhz": int(mhz)})
-        self._clock_read_s = -1.0
 
     def reset_clocks(self) -> None:
         state = _read_state(self.state_file)
         state.pop("sm_clock_locked_mhz", None)
         _write_state(self.state_file, state)
-        self._clock_read_s = -1.0
 
     def visible_devices(self) -> list[int]:
         """``SD_ENERGY_SIMULATED_GPUS`` simulated GPUs (default 1), like a node's visible GPUs."""

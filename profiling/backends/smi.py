@@ -19,6 +19,7 @@ QUERY_FIELDS = ["power.draw", "clocks.sm", "clocks.mem", "utilization.gpu", "mem
 
 class SmiGpu(GpuBackend):
     name = "smi"
+    power_update_period_s = 0.1  # power.draw (a 1 s average on H100/H200; power.draw.instant is issue 12)
 
     def __init__(self, index: int = 0, executable: str = "nvidia-smi"):
         super().__init__(index)
@@ -43,6 +44,12 @@ class SmiGpu(GpuBackend):
                 raise GpuNotSupportedError(f"{what}: not supported by this GPU or driver")
             raise GpuError(f"{what} failed (exit {proc.returncode}): {out[:200]}")
         return proc.stdout
+
+    def visible_devices(self) -> list[int]:
+        """The indices ``nvidia-smi`` lists: the GPUs this job can see."""
+        out = subprocess.run([self.exe, "--query-gpu=index", "--format=csv,noheader,nounits"], capture_output=True,
+                             text=True, timeout=30)
+        return [int(x) for x in out.stdout.split() if x.strip().isdigit()] or [self.index]
 
     def device_name(self) -> str:
         return str(self._identity[0]["name"])

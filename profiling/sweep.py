@@ -1,0 +1,469 @@
+"""The sweep driver: for each clock x run, lock the clock (and read it back), measure one run from
+its source, build the row from the trace, write it and the per-run files. Clocks are restored on
+every exit path (``profiling.clocks``); starting the same sweep again continues it (only runs
+without a final row are done).
+
+``execute(config)`` is the whole launcher behind ``launch.sh`` (which only parses the command line
+into a ``SweepConfig``); ``sweep(fn, clocks=...)`` is the same driver for a Python function.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing
+import os
+import platform
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+from sd_energy_contract.errors import InputError
+
+from . import monitor as mon
+from .backends import detect_gpu_type, open_backend
+from .backends.base import GpuBackend
+from .clocks import ClockGuard, Interrupted, restore_stale
+from .config import DEFAULT_WORKLOAD, REPO_ROOT, SweepConfig
+from .errors import GpuError
+from .guided_mode import describe_guided_plan, make_planner, run_guided
+from .planning import RunSpec, SweepPlan, select_clocks, slice_clocks
+from .results import DeviceInfo, ResultsDir, build_row, config_hash, samples_csv, write_atomic
+from .run_sources import (
+    AppProcess,
+    CallableWorkload,
+    InProcess,
+    PhaseClocks,
+    Replay,
+    RunFiles,
+    RunSource,
+    load_workload,
+)
+
+SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST", "SLURMD_NODENAME",
+              "SLURM_JOB_PARTITION", "SLURM_JOB_ACCOUNT", "SLURM_JOB_QOS", "SLURM_RESTART_COUNT", "SLURM_JOB_GPUS",
+              "CUDA_VISIBLE_DEVICES", "SD_ENERGY_SBATCH_OPTIONS")
+Log = Callable[..., None]  # log(message, err=False): click.echo's signature; err=True for what goes to stderr
+
+
+def _print(message: str, err: bool = False) -> None:
+    print(message, file=sys.stderr if err else sys.stdout, flush=True)
+
+
+class Sweep:
+    """Runs plans on one GPU into one results directory, with one clock guard and one run source."""
+
+    def __init__(self, cfg: SweepConfig, backend: GpuBackend, guard: ClockGuard, source: RunSource,
+                 results: ResultsDir, device: DeviceInfo, workload: str, log: Log = _print):
+        self.cfg, self.backend, self.guard, self.source = cfg, backend, guard, source
+        self.results, self.device, self.workload, self.log = results, device, workload, log
+        self.idle_power_w: float | None = None
+        self._prepared = False
+
+    def run(self, plan: SweepPlan) -> int:
+        """The plan's runs that have no final row yet; returns how many were not ok."""
+        done = self.results.done_run_ids()
+        todo = [r for r in plan.runs if r.run_id not in done]
+        if len(todo) < len(plan.runs):  # of this plan: a guided probe's directory holds other clocks' runs
+            self.log(f"resuming: {len(plan.runs) - len(todo)} of {len(plan.runs)} runs already done")
+        if not todo:
+            return 0
+        self._prepare()
+        failures, current, readback = 0, "unset", None
+        for n, spec in enumerate(todo):
+            if spec.clock != current:
+                if spec.clock is None:
+                    self.guard.restore()
+                else:
+                    self.guard.lock(spec.clock, self.cfg.memory_frequency)
+                readback = self.backend.sample().sm_clock_mhz if spec.clock else None  # read back after setting
+                current = spec.clock
+            row = self.run_one(spec, readback)
+            failures += row["status"] != "ok"
+            self.log(f"[{n + 1}/{len(todo)}] {spec.run_id} {row['status']:<8} {row['wall_s']:>8.2f} s "
+                     f"{_fmt(row['energy_j'], 'J')} {_fmt(row['work_avg_power_w'], 'W')} "
+                     f"{_fmt(row['energy_per_image_j'], 'J/img')}" + (" CLOCK MISMATCH" if row["clock_mismatch"] else ""))
+            if n + 1 < len(todo) and self.cfg.sleep_interval > 0 and self.source.measured:
+                time.sleep(self.cfg.sleep_interval)
+        return failures
+
+    def _prepare(self) -> None:
+        """Once per launch, before the first run: idle power (nothing loaded yet), then the source."""
+        if self._prepared:
+            return
+        self._prepared = True
+        if self.source.measured and self.cfg.idle_seconds > 0:
+            self.idle_power_w = mon.measure_idle_power_w(self.backend, self.cfg.idle_seconds)
+            if self.idle_power_w is not None:
+                self.log(f"idle power: {self.idle_power_w:.1f} W")
+        prepare = getattr(self.source, "prepare", None)
+        if prepare is not None:
+            prepare()
+
+    def run_one(self, spec: RunSpec, readback: float | None = None) -> dict:
+        """Measure one run, write its row and files; an interrupted run is written, then re-raised."""
+        res, rid = self.results, spec.run_id
+        files = RunFiles(res.file("events", rid), res.file("apps", rid), res.log(rid, "out"), res.log(rid, "err"))
+        for path in (files.events, files.metrics):
+            path.unlink(missing_ok=True)  # a redone run never mixes with its earlier try
+        if self.source.measured:
+            monitor = mon.PowerMonitor(self.backend, self.cfg.sampling_interval_s).start()
+            self.backend.begin_run(files.events)
+            try:
+                outcome = self.source.run(spec, files)
+            finally:
+                self.backend.end_run()
+                samples = monitor.stop()
+        else:
+            outcome = self.source.run(spec, files)
+            samples = outcome.samples or []
+        spans = mon.read_events(files.events)
+        row = build_row(run_id=rid, clock=spec.clock, index=spec.index, warmup=spec.warmup, status=outcome.status,
+                        exit_code=outcome.exit_code, t_start=outcome.t_start, t_end=outcome.t_end, samples=samples,
+                        spans=spans, metrics=_read_json(files.metrics), device=self.device, workload=self.workload,
+                        mode=self.source.mode, idle_power_w=self.idle_power_w, readback_mhz=readback,
+                        throttle_reasons=self.backend.throttle_reasons() if self.source.measured else "",
+                        phase_clocks=outcome.phase_clocks)
+        write_atomic(res.file("samples", rid), samples_csv(samples, mon.label_samples(samples, spans)))
+        res.append_row(row)
+        if outcome.stopped_by is not None:
+            raise outcome.stopped_by
+        return row
+
+
+# --------------------------------------------------------------------------- the launcher
+
+def execute(cfg: SweepConfig, log: Log = _print) -> int:
+    """Everything ``launch.sh`` does once the command line is parsed; returns the exit code."""
+    cfg.check()
+    if cfg.all_gpus:
+        return _all_gpus(cfg, log)
+    index = cfg.gpu_index if cfg.gpu_index is not None else (gpu_index_from_env() or 0)
+
+    def reopen(rec):
+        return open_backend(rec["backend"], rec["gpu_index"], rec.get("gpu_type"), announce=lambda m: None)
+
+    restore_stale(reopen, log=log)
+    backend = _open(cfg, index, log)
+    try:
+        return _run(cfg, backend, log)
+    finally:
+        backend.close()
+
+
+def _open(cfg: SweepConfig, index: int, log: Log) -> GpuBackend:
+    try:
+        return open_backend(cfg.profiling_tool, index, cfg.gpu_type, cfg.replay_source, cfg.replay_app, announce=log)
+    except GpuError as exc:
+        raise InputError("--profiling-tool", cfg.profiling_tool, str(exc)) from None
+
+
+def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> int:
+    if cfg.reset_clocks:
+        backend.reset_clocks()
+        log(f"clocks reset on {backend.device_name()} ({backend.name}, index {backend.index})")
+        return 0
+    gpu_type = cfg.gpu_type or getattr(backend, "gpu_type", None) or detect_gpu_type(backend.device_name())
+    try:
+        supported = backend.supported_sm_clocks_mhz(cfg.memory_frequency)
+    except GpuError as exc:
+        raise InputError("--memory-frequency" if cfg.memory_frequency else "--profiling-tool",
+                         cfg.memory_frequency or backend.name, str(exc)) from None
+    clocks = select_clocks(cfg.profiling_mode, supported, cfg.custom_frequencies, cfg.min_frequency,
+                           cfg.max_frequency, cfg.frequency_step)
+    clocks = slice_clocks(clocks, cfg.clock_slice)
+    policy = cfg.phase_clock_policy()
+    for phase, mhz in policy.items():
+        if mhz not in supported:
+            raise InputError("--phase-clocks", cfg.phase_clocks, f"{phase}: {mhz} MHz is not a supported SM clock")
+    plan = SweepPlan(clocks, cfg.num_runs, cfg.warmup_runs)
+    command = _describe_app(cfg, backend, workload_obj)
+    # Guided mode: "clocks" are the candidates. The planner's settings stay out of the hash on purpose:
+    # rows measured at a clock are the same measurements whatever planner asked for them, so a rerun
+    # with another --guided-probes or --guided-model reuses them instead of being refused.
+    sweep_def = {"app": command, "mode": cfg.profiling_mode, "clocks": clocks, "num_runs": cfg.num_runs,
+                 "warmup_runs": cfg.warmup_runs, "backend": backend.name, "gpu_uuid": backend.uuid(),
+                 "memory_frequency": cfg.memory_frequency, "replay": [cfg.replay_source, cfg.replay_app]}
+    if cfg.in_process:  # added only when set, so the hash of every earlier process-mode sweep is unchanged
+        sweep_def["run_mode"] = "in-process"
+    if policy:
+        sweep_def["phase_clocks"] = policy
+    chash = config_hash(sweep_def)
+    out_dir = _output_dir(cfg, gpu_type or "gpu", chash)
+    planner = make_planner(cfg, clocks, gpu_type) if cfg.guided else None  # a bad --guided-model stops us here
+    if cfg.dry_run:
+        for line in describe_plan(cfg, plan, backend, gpu_type, command, out_dir):
+            log(line)
+        return 0
+    _check_writable(out_dir, cfg.output_dir)
+    results = ResultsDir(out_dir)
+    old = results.manifest()
+    if old and old.get("config_hash") != chash:
+        raise InputError("--output-dir", out_dir, f"holds a different sweep (config {old.get('config_hash')} vs "
+                         f"{chash}); choose another directory")
+    manifest = _manifest(cfg, backend, gpu_type, clocks, command, sweep_def, chash, old)
+    results.create(manifest)
+    log(f"results: {out_dir}")
+    device = DeviceInfo(backend.name, backend.device_name(), gpu_type, backend.uuid())
+    workload = cfg.app_name if not backend.replays else (cfg.replay_app or cfg.app_name)
+    try:
+        with ClockGuard(backend, gpu_type) as guard:
+            source = _source(cfg, backend, guard, policy, workload_obj)
+            try:
+                sweep = Sweep(cfg, backend, guard, source, results, device, workload, log)
+                if planner is not None:
+                    return run_guided(cfg, planner, sweep, manifest, log)
+                failures = sweep.run(plan)
+            finally:
+                close = getattr(source, "close", None)
+                if close is not None:
+                    close()
+    except Interrupted as exc:
+        log(f"interrupted ({exc}); clocks restored; run the same command again to finish the sweep", err=True)
+        return 128 + exc.signum
+    manifest["end_utc"] = datetime.now(timezone.utc).isoformat()
+    results.write_manifest(manifest)
+    log(f"done: {len(plan.runs)} runs, {failures} not ok; results in {out_dir}")
+    return 0
+
+
+def _source(cfg: SweepConfig, backend: GpuBackend, guard: ClockGuard, policy: dict, workload_obj) -> RunSource:
+    if backend.replays:
+        return Replay(backend)
+    if not cfg.in_process:
+        return AppProcess(cfg.app_command(), cfg.timeout, backend.child_env())
+    # In this process: the GPU's environment (CUDA_VISIBLE_DEVICES, the simulated GPU's state file) must be in
+    # place before the workload initialises its device.
+    os.environ.update(backend.child_env())
+    phase_clocks = PhaseClocks(guard, backend, policy) if policy else None
+    return InProcess(lambda: workload_obj or load_workload(DEFAULT_WORKLOAD, cfg.app_args()), phase_clocks)
+
+
+def _describe_app(cfg: SweepConfig, backend: GpuBackend, workload_obj) -> list[str]:
+    """What runs, as recorded in the manifest and the config hash."""
+    if backend.replays:
+        return []
+    if workload_obj is not None:
+        return [f"python:{workload_obj.name}"]
+    if cfg.in_process:
+        return [f"in-process:{DEFAULT_WORKLOAD}", *cfg.app_args()]
+    return cfg.app_command()
+
+
+def _manifest(cfg: SweepConfig, backend: GpuBackend, gpu_type, clocks, command, sweep_def, chash, old) -> dict:
+    manifest = {
+        **old, "gpu_name": backend.device_name(), "gpu_uuid": backend.uuid(), "driver": backend.driver_version(),
+        "backend": backend.name, "synthetic": backend.synthetic, "gpu_type": gpu_type, "gpu_index": backend.index,
+        "mode": cfg.profiling_mode, "run_mode": cfg.run_mode, "clocks_mhz": clocks, "num_runs": cfg.num_runs,
+        "warmup_runs": cfg.warmup_runs, "sampling_interval_ms": cfg.sampling_interval, "app_name": cfg.app_name,
+        "app_command": command, "versions": _versions(), "git_commit": _git_commit(), "config_hash": chash,
+        "sweep": sweep_def, "host": socket.gethostname(),
+        "start_utc": old.get("start_utc") or datetime.now(timezone.utc).isoformat(), "end_utc": None,
+        "slurm": slurm_info(),
+        "launches": [*old.get("launches", []), {"start_utc": datetime.now(timezone.utc).isoformat(),
+                                                "argv": sys.argv[1:], "slurm_job": os.environ.get("SLURM_JOB_ID")}],
+    }
+    if cfg.phase_clocks:
+        manifest["phase_clocks"] = cfg.phase_clock_policy()
+    if backend.replays:
+        manifest["replay"] = {"source": cfg.replay_source, "app": cfg.replay_app}
+    if cfg.guided:
+        manifest["guided"] = {"planner": "guided", "model": cfg.guided_model or "shipped", "objective": cfg.objective,
+                              "max_probes": cfg.guided_probes, "min_probes": cfg.min_probes,
+                              "max_slowdown": cfg.slowdown_cap}
+    return manifest
+
+
+# --------------------------------------------------------------------------- every visible GPU
+
+def _all_gpus(cfg: SweepConfig, log: Log) -> int:
+    """One sweep per GPU this job can see, in parallel, each in its own process and directory.
+
+    Each child is a fresh interpreter (spawn) running ``execute`` on the same settings with its own
+    GPU index, so signals, clock guards and lock records work exactly as for a single sweep. A
+    signal to the parent is passed on, and the parent waits for every child to restore its clocks.
+    """
+    backend = _open(cfg, cfg.gpu_index or 0, lambda m, err=False: None)
+    try:
+        indices = backend.visible_devices()
+    finally:
+        backend.close()
+    base = Path(cfg.output_dir) if cfg.output_dir else Path.cwd() / "results" / f"{cfg.app_name}_allgpus_{_stamp()}"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_child, args=(replace(cfg, all_gpus=False, gpu_index=i, output_dir=str(base / f"gpu{i}")),),
+                         name=f"sweep-gpu{i}") for i in indices]
+    log(f"--all-gpus: {len(procs)} GPU(s) visible ({', '.join(map(str, indices))}); results under {base}")
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.pid and p.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(p.pid, signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)}
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    return max((p.exitcode if p.exitcode is not None and p.exitcode >= 0 else 128 - p.exitcode) for p in procs)
+
+
+def _child(cfg: SweepConfig) -> None:
+    try:
+        rc = execute(cfg, log=lambda m, err=False: _print(f"[gpu{cfg.gpu_index}] {m}", err))
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        rc = 2
+    sys.exit(rc)
+
+
+# --------------------------------------------------------------------------- the Python API
+
+def sweep(fn: Callable[[], object], clocks: Sequence[int] | None = None, runs: int = 3, *, output_dir: str | Path,
+          warmup_runs: int = 0, backend: str = "auto", gpu: int = 0, gpu_type: str | None = None,
+          sampling_interval_ms: float = 50.0, idle_seconds: float = 0.0, sleep_s: float = 0.0,
+          name: str | None = None, log: Log = _print) -> ResultsDir:
+    """Sweep GPU clocks over a Python function, in this process, into a results directory.
+
+    Each clock x run calls ``fn()`` once with the GPU locked at that clock (restored afterwards);
+    the call is the run's work window. ``fn`` may return a dict of metrics (e.g. ``{"images": 4}``).
+    ``clocks`` None: every supported clock. The directory has the launcher's layout and rows
+    (``mode`` = in-process), so ``power_modeling`` reads it as any other sweep::
+
+        from profiling import sweep
+        res = sweep(lambda: pipe(prompt), clocks=[1980, 1410, 1005], runs=3, output_dir="results/mine")
+    """
+    if not callable(fn):
+        raise InputError("fn", fn, "must be callable")
+    if runs < 1:
+        raise InputError("runs", runs, "must be at least 1")
+    label = name or getattr(fn, "__name__", "function")
+    cfg = SweepConfig(profiling_tool=backend, gpu_index=gpu, gpu_type=gpu_type, in_process=True,
+                      profiling_mode="custom" if clocks else "dvfs",
+                      custom_frequencies=",".join(str(int(c)) for c in clocks) if clocks else None,
+                      num_runs=runs, warmup_runs=warmup_runs, sampling_interval=sampling_interval_ms,
+                      idle_seconds=idle_seconds, sleep_interval=sleep_s, app_name=label,
+                      output_dir=str(output_dir)).check()
+    gpu_backend = _open(cfg, gpu, log)
+    try:
+        rc = _run(cfg, gpu_backend, log, workload_obj=CallableWorkload(fn, label))
+    finally:
+        gpu_backend.close()
+    if rc:
+        raise RuntimeError(f"sweep stopped with exit code {rc}; the rows so far are in {output_dir}")
+    return ResultsDir(output_dir)
+
+
+# --------------------------------------------------------------------------- where, what, who
+
+def gpu_index_from_env() -> int | None:
+    """The GPU SLURM (or the user) gave this job, as an NVML index: never GPU 0 by assumption."""
+    for var in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
+        value = os.environ.get(var, "").split(",")[0].strip()
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def describe_plan(cfg: SweepConfig, plan: SweepPlan, backend: GpuBackend, gpu_type, command, out_dir) -> list[str]:
+    """What ``--dry-run`` prints: the GPU, the clocks, the runs, the app, an estimate of the time."""
+    lines = [f"GPU: {backend.device_name()} [{gpu_type}] via {backend.name}, index {backend.index}"]
+    app = f"app: {shlex.join(command) if command else '(replayed)'}" + (" [in-process]" if cfg.in_process else "")
+    if cfg.guided:
+        return [*lines, *describe_guided_plan(cfg, plan.clocks), app, f"output: {out_dir}"]
+    lines += [f"mode: {cfg.profiling_mode}; clocks ({len(plan.clocks)}): "
+              + ", ".join("default" if c is None else str(c) for c in plan.clocks),
+              f"runs: {len(plan.runs)} ({cfg.num_runs} per clock + {cfg.warmup_runs} warm-up)", app]
+    if cfg.phase_clocks:
+        lines.append(f"phase clocks: {cfg.phase_clock_policy()} (other phases at the run's clock)")
+    walls = [float(r["wall_s"]) for r in ResultsDir(out_dir).read_rows() if r["status"] == "ok"]
+    if walls:
+        est = len(plan.runs) * (sum(walls) / len(walls) + cfg.sleep_interval)
+        lines.append(f"estimated time: {est / 60:.1f} min (from {len(walls)} runs already recorded)")
+    else:
+        lines.append(f"estimated time: {len(plan.runs)} x (run time + {cfg.sleep_interval} s cool-down); "
+                     f"at most {len(plan.runs) * (cfg.timeout + cfg.sleep_interval) / 3600:.1f} h by --timeout")
+    return [*lines, f"output: {out_dir}"]
+
+
+def _output_dir(cfg: SweepConfig, gpu_type: str, chash: str) -> Path:
+    if cfg.output_dir:
+        return Path(cfg.output_dir)
+    root = Path.cwd() / "results"
+    if cfg.resume:
+        for cand in sorted(root.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+            if _read_json(cand).get("config_hash") == chash:
+                return cand.parent
+    return root / f"{cfg.app_name}_{gpu_type}_{cfg.profiling_mode}_{_stamp()}"
+
+
+def _check_writable(out_dir: Path, option_value: str | None) -> None:
+    """Create the results directory and prove it writable; called only once every other check passed,
+    so a refused command (a bad --guided-model, say) leaves nothing behind."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.touch()
+        probe.unlink()
+    except OSError as exc:
+        raise InputError("--output-dir", option_value or out_dir, f"not writable ({exc.strerror})") from None
+
+
+def slurm_info() -> dict:
+    """SLURM variables, plus what the scheduler granted (``scontrol show job``): command-line sbatch
+    options override the script's #SBATCH lines, so only the scheduler knows what was used."""
+    info: dict = {k: os.environ[k] for k in SLURM_VARS if k in os.environ}
+    job = os.environ.get("SLURM_JOB_ID")
+    if job and shutil.which("scontrol"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            out = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=10)
+            info["granted"] = dict(kv.split("=", 1) for kv in out.stdout.split() if "=" in kv)
+    return info
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "diffusers", "transformers", "nvidia-ml-py", "pandas", "scikit-learn"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def _stamp() -> str:
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _fmt(v, unit: str) -> str:
+    return f"{v:10.2f} {unit}" if v is not None else f"{'-':>10} {unit}"
