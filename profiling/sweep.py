@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sd_energy_contract.errors import InputError
+from sd_energy_contract.workload import Workload
 
 from . import monitor as mon
 from .backends import detect_gpu_type, open_backend
@@ -331,34 +332,42 @@ def _child(cfg: SweepConfig) -> None:
 
 # --------------------------------------------------------------------------- the Python API
 
-def sweep(fn: Callable[[], object], clocks: Sequence[int] | None = None, runs: int = 3, *, output_dir: str | Path,
-          warmup_runs: int = 0, backend: str = "auto", gpu: int = 0, gpu_type: str | None = None,
-          sampling_interval_ms: float = 50.0, idle_seconds: float = 0.0, sleep_s: float = 0.0,
-          name: str | None = None, log: Log = _print) -> ResultsDir:
-    """Sweep GPU clocks over a Python function, in this process, into a results directory.
+def sweep(work: Callable[[], object] | Workload, clocks: Sequence[int] | None = None, runs: int = 3, *,
+          output_dir: str | Path, warmup_runs: int = 0, backend: str = "auto", gpu: int = 0,
+          gpu_type: str | None = None, sampling_interval_ms: float = 50.0, idle_seconds: float = 0.0,
+          sleep_s: float = 0.0, phase_clocks: str | None = None, name: str | None = None,
+          log: Log = _print) -> ResultsDir:
+    """Sweep GPU clocks over Python code, in this process, into a results directory.
 
-    Each clock x run calls ``fn()`` once with the GPU locked at that clock (restored afterwards);
-    the call is the run's work window. ``fn`` may return a dict of metrics (e.g. ``{"images": 4}``).
-    ``clocks`` None: every supported clock. The directory has the launcher's layout and rows
-    (``mode`` = in-process), so ``power_modeling`` reads it as any other sweep::
+    ``work`` is a function (each call is one run and its work window; it may return a dict of
+    metrics such as ``{"images": 4}``) or a ``Workload`` object (``sd_energy_contract.workload``:
+    loaded once, then ``run(ctx)`` per run, recording its own phases; only then can
+    ``phase_clocks`` follow them). Each clock x run holds the GPU at that clock, restored on every
+    way out. ``clocks`` None: every supported clock. The directory has the launcher's layout and
+    rows (``mode`` = in-process), so ``power_modeling`` reads it like any other sweep::
 
         from profiling import sweep
         res = sweep(lambda: pipe(prompt), clocks=[1980, 1410, 1005], runs=3, output_dir="results/mine")
     """
-    if not callable(fn):
-        raise InputError("fn", fn, "must be callable")
-    if runs < 1:
-        raise InputError("runs", runs, "must be at least 1")
-    label = name or getattr(fn, "__name__", "function")
+    if isinstance(work, Workload):
+        workload_obj = work
+    elif callable(work):
+        workload_obj = CallableWorkload(work, name or getattr(work, "__name__", "function"))
+    else:
+        raise InputError("work", work, "must be a function or a Workload (load/run/close)")
+    if not isinstance(runs, int) or runs < 1:
+        raise InputError("runs", runs, "must be an integer >= 1")
+    if clocks is not None and not clocks:
+        raise InputError("clocks", clocks, "names no clock (None: every supported clock)")
     cfg = SweepConfig(profiling_tool=backend, gpu_index=gpu, gpu_type=gpu_type, in_process=True,
                       profiling_mode="custom" if clocks else "dvfs",
                       custom_frequencies=",".join(str(int(c)) for c in clocks) if clocks else None,
                       num_runs=runs, warmup_runs=warmup_runs, sampling_interval=sampling_interval_ms,
-                      idle_seconds=idle_seconds, sleep_interval=sleep_s, app_name=label,
-                      output_dir=str(output_dir)).check()
+                      idle_seconds=idle_seconds, sleep_interval=sleep_s, phase_clocks=phase_clocks,
+                      app_name=name or workload_obj.name, output_dir=str(output_dir)).check()
     gpu_backend = _open(cfg, gpu, log)
     try:
-        rc = _run(cfg, gpu_backend, log, workload_obj=CallableWorkload(fn, label))
+        rc = _run(cfg, gpu_backend, log, workload_obj=workload_obj)
     finally:
         gpu_backend.close()
     if rc:

@@ -6,7 +6,9 @@ import types
 
 
 def make_fake_pynvml(sm_clocks=(1980, 1755, 1410, 1005, 705), mem_clocks=(2619,), lock_error=None,
-                     energy_supported=True):
+                     energy_supported=True, count=2):
+    """GPU ``i`` has handle ``h{i}`` and UUID ``GPU-1234`` (index 0) or ``GPU-1234-{i}``; the calls log
+    drops the handle, so tests read ``("nvmlDeviceSetGpuLockedClocks", (1410, 1410))``."""
     nv = types.ModuleType("pynvml")
 
     class NVMLError(Exception):
@@ -22,7 +24,8 @@ def make_fake_pynvml(sm_clocks=(1980, 1755, 1410, 1005, 705), mem_clocks=(2619,)
     def log(name):
         def deco(fn):
             def inner(*a):
-                state["calls"].append((name, a[1:] if a and a[0] == "h0" else a))
+                handle = a and isinstance(a[0], str) and a[0].startswith("h")
+                state["calls"].append((name, a[1:] if handle else a))
                 return fn(*a)
             setattr(nv, name, inner)
             return inner
@@ -30,10 +33,10 @@ def make_fake_pynvml(sm_clocks=(1980, 1755, 1410, 1005, 705), mem_clocks=(2619,)
 
     log("nvmlInit")(lambda: None)
     log("nvmlShutdown")(lambda: None)
-    log("nvmlDeviceGetCount")(lambda: 2)
-    log("nvmlDeviceGetHandleByIndex")(lambda i: "h0")
+    log("nvmlDeviceGetCount")(lambda: count)
+    log("nvmlDeviceGetHandleByIndex")(lambda i: f"h{i}")
     log("nvmlDeviceGetName")(lambda h: b"NVIDIA H100 80GB HBM3")
-    log("nvmlDeviceGetUUID")(lambda h: "GPU-1234")
+    log("nvmlDeviceGetUUID")(lambda h: "GPU-1234" if h == "h0" else f"GPU-1234-{h[1:]}")
     log("nvmlSystemGetDriverVersion")(lambda: "570.124.06")
     log("nvmlDeviceGetSupportedMemoryClocks")(lambda h: list(mem_clocks))
     log("nvmlDeviceGetSupportedGraphicsClocks")(lambda h, m: list(sm_clocks))

@@ -48,4 +48,5 @@ for i in range(3):
 event("end", "batch", batch=0)
 if os.environ.get("SD_ENERGY_METRICS_FILE"):
     with open(os.environ["SD_ENERGY_METRICS_FILE"], "w") as fh:
-        json.dump({"images": 2, "config": {"model_variant": "fake", "steps": 3, "height": 64, "width": 64}}, fh)
+        json.dump({"images": 2, "config": {"model_variant": "fake", "steps": 3, "height": 64, "width": 64},
+                   "env": {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}}, fh)

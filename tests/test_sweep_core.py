@@ -1,0 +1,219 @@
+"""The sweep core: every visible GPU with each backend, in-process runs, per-phase clocks, the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO, SMI_CAPTURES, run_py
+
+from profiling import sweep
+from profiling.backends import open_backend
+from profiling.backends.simulated import SimulatedGpu, state_path
+from profiling.config import SweepConfig
+from sd_energy_contract.errors import InputError
+from sd_energy_contract.layout import RUNS_COLUMNS
+from sd_energy_contract.workload import RunContext
+
+FAKE = str(REPO / "tests" / "data" / "fake_app.py")
+FAKE_NVML = REPO / "tests" / "data" / "fake_nvml"
+ONE_RUN = ["-m", "profiling.launch", "--all-gpus", "--num-runs", "1", "--sleep-interval", "0", "--idle-seconds", "0",
+           "--sampling-interval", "10", "--app-executable", FAKE, "--app-params", "ok 0.05"]
+
+
+def _all_gpus(out: Path, *args: str, env: dict | None = None) -> list[dict]:
+    p = run_py(*ONE_RUN, *args, "--output-dir", str(out), env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    rows = []
+    for d in sorted(out.glob("gpu*")):
+        df = pd.read_csv(d / "runs.csv")
+        app = json.loads(next((d / "apps").glob("*.json")).read_text())
+        rows.append({"dir": d.name, "uuid": df["gpu_uuid"].iloc[0], "status": df["status"].iloc[0],
+                     "visible": app["env"]["CUDA_VISIBLE_DEVICES"], "mode": df["mode"].iloc[0]})
+    return rows
+
+
+def test_all_gpus_sweeps_every_simulated_gpu(tmp_path):
+    rows = _all_gpus(tmp_path / "res", "--profiling-tool", "simulated", "--gpu-type", "H100", "--profiling-mode",
+                     "custom", "--custom-frequencies", "1395", env={"SD_ENERGY_SIMULATED_GPUS": "3"})
+    assert [r["dir"] for r in rows] == ["gpu0", "gpu1", "gpu2"]
+    assert [r["uuid"] for r in rows] == ["SIM-H100-0", "SIM-H100-1", "SIM-H100-2"]
+    assert {r["status"] for r in rows} == {"ok"} and {r["mode"] for r in rows} == {"process"}
+
+
+def test_all_gpus_with_nvml_gives_each_app_its_gpu_by_uuid(tmp_path):
+    env = {"PYTHONPATH": f"{FAKE_NVML}{os.pathsep}{REPO}", "FAKE_NVML_COUNT": "2"}
+    rows = _all_gpus(tmp_path / "res", "--profiling-tool", "nvml", "--profiling-mode", "custom",
+                     "--custom-frequencies", "1410", env=env)
+    assert [r["uuid"] for r in rows] == ["GPU-1234", "GPU-1234-1"]
+    assert [r["visible"] for r in rows] == ["GPU-1234", "GPU-1234-1"]  # the app runs on exactly the GPU measured
+
+
+def test_all_gpus_with_nvidia_smi_enumerates_what_it_lists(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    script = bin_dir / "nvidia-smi"
+    script.write_text(f"""#!{sys.executable}
+import sys
+args = sys.argv[1:]
+i = args[args.index("-i") + 1] if "-i" in args else "0"
+if "-q" in args:
+    print(open({str(SMI_CAPTURES / 'supported_clocks_H100.txt')!r}).read())
+elif "--query-gpu=index" in args:
+    print("0\\n1")
+elif any(a.startswith("--query-gpu=name") for a in args):
+    print(f"NVIDIA H100 NVL, GPU-smi-{{i}}, 570.124.06")
+elif any(a.startswith("--query-gpu=") for a in args):
+    print("312.45, 1410, 2619, 98, 40960, 61, 0x0000000000000000")
+""")
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    rows = _all_gpus(tmp_path / "res", "--profiling-tool", "smi", "--profiling-mode", "custom",
+                     "--custom-frequencies", "1410", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    assert [r["uuid"] for r in rows] == ["GPU-smi-0", "GPU-smi-1"]
+    assert {r["status"] for r in rows} == {"ok"}
+
+
+def test_dcgm_enumerates_through_its_clock_control():
+    from profiling.backends.dcgm import DcgmGpu
+
+    gpu = DcgmGpu.__new__(DcgmGpu)  # enumeration only: no dcgmi stream needed
+    gpu.control = type("Control", (), {"visible_devices": lambda self: [0, 1, 2, 3]})()
+    assert gpu.visible_devices() == [0, 1, 2, 3]
+
+
+# --------------------------------------------------------------------------- in-process, phase clocks
+
+class PhasedWorkload:
+    """A stand-in for the diffusion app: text encoding, 3 denoising steps and a VAE decode per run,
+    recording its phases and calling the launcher's hook as ``app.timing.PhaseRecorder`` does."""
+
+    name = "phased"
+
+    def __init__(self, step_s: float = 0.12):
+        self.step_s = step_s
+        self.loads = 0
+
+    def load(self) -> dict:
+        self.loads += 1
+        return {"model_variant": "phased"}
+
+    def run(self, ctx: RunContext) -> dict:
+        def mark(event, phase, **kw):
+            if event == "start" and ctx.on_phase:
+                ctx.on_phase(event, phase)
+            with open(ctx.events_path, "a") as fh:
+                fh.write(json.dumps({"event": event, "phase": phase, "mono_s": time.monotonic(), **kw}) + "\n")
+            if event == "end" and ctx.on_phase:
+                ctx.on_phase(event, phase)
+
+        mark("start", "batch", batch=0)
+        for phase, steps in (("text_encode", [None]), ("denoise_step", [0, 1, 2]), ("vae_decode", [None])):
+            for step in steps:
+                extra = {} if step is None else {"step": step}
+                mark("start", phase, **extra)
+                time.sleep(self.step_s)
+                mark("end", phase, **extra)
+        mark("end", "batch", batch=0)
+        metrics = {"images": 1, "config": {"model_variant": "phased", "steps": 3}}
+        ctx.metrics_path.write_text(json.dumps(metrics))
+        return metrics
+
+    def close(self) -> None:
+        pass
+
+
+def test_phase_clocks_follow_the_phases_seen_in_the_events_file(tmp_path):
+    work = PhasedWorkload()
+    res = sweep(work, clocks=[1785], runs=2, output_dir=tmp_path / "res", backend="simulated", gpu_type="H100",
+                sampling_interval_ms=10, phase_clocks="denoise=1395,vae_decode=990,text_encode=1200", log=lambda *a, **k: None)
+    assert work.loads == 1  # loaded once for both runs
+    rows = pd.read_csv(res.runs_csv)
+    assert list(rows.columns) == RUNS_COLUMNS and set(rows["mode"]) == {"in-process"}
+    assert set(rows["clock_mismatch"]) == {0}  # the policy moves the clock on purpose
+    summary = json.loads(rows["phase_clocks"].iloc[0])
+    assert summary["policy"] == {"denoise_step": 1395, "vae_decode": 990, "text_encode": 1200}
+    assert summary["switches"] >= 4 and summary["switch_latency_ms_max"] is not None
+    events = [json.loads(line) for line in (res.path / "events" / "f1785_r00.jsonl").read_text().splitlines()]
+    clock_events = [e for e in events if e["event"] == "clock"]
+    # One switch per phase start whose clock differs (consecutive denoising steps share one), then back.
+    assert [(e["phase"], e["mhz"]) for e in clock_events] == [
+        ("text_encode", 1200), ("denoise_step", 1395), ("vae_decode", 990), ("end", 1785)]
+    assert all(e["readback_mhz"] == e["mhz"] for e in clock_events)
+    samples = pd.read_csv(res.path / "samples" / "f1785_r00.csv")
+    by_phase = samples.groupby("phase")["sm_clock_mhz"].agg(lambda s: s.mode().iloc[0])
+    assert by_phase["text_encode"] == 1200 and by_phase["denoise_step"] == 1395 and by_phase["vae_decode"] == 990
+    assert SimulatedGpu("H100", 0).locked_sm_clock_mhz() is None  # restored after the sweep
+
+
+def test_python_sweep_of_a_function(tmp_path):
+    calls = []
+
+    def work():
+        calls.append(SimulatedGpu("H100", 0).current_sm_clock_mhz())
+        time.sleep(0.05)
+        return {"images": 2}
+
+    res = sweep(work, clocks=[1785, 990], runs=2, output_dir=tmp_path / "res", backend="simulated",
+                gpu_type="H100", sampling_interval_ms=10, log=lambda *a, **k: None)
+    rows = pd.read_csv(res.runs_csv)
+    assert calls == [1785, 1785, 990, 990]  # each call ran at its clock
+    assert list(rows["run_id"]) == ["f1785_r00", "f1785_r01", "f0990_r00", "f0990_r01"]
+    assert set(rows["mode"]) == {"in-process"} and set(rows["images"]) == {2}
+    assert (rows["work_s"] > 0.04).all()  # the work window is the call
+    assert not state_path("H100", 0).exists() or SimulatedGpu("H100", 0).locked_sm_clock_mhz() is None
+
+
+@pytest.mark.parametrize("kwargs, option", [
+    ({"runs": 0}, "runs"), ({"clocks": []}, "clocks"), ({"clocks": [1234]}, "--custom-frequencies"),
+    ({"phase_clocks": "unet=1000"}, "--phase-clocks"), ({"sampling_interval_ms": 1}, "--sampling-interval"),
+])
+def test_python_sweep_bad_arguments_name_the_argument(tmp_path, kwargs, option):
+    with pytest.raises(InputError) as err:
+        sweep(lambda: None, **{"clocks": [1785], **kwargs}, output_dir=tmp_path / "res", backend="simulated",
+              gpu_type="H100", log=lambda *a, **k: None)
+    assert err.value.option == option
+    assert not (tmp_path / "res").exists()  # nothing written
+
+
+@pytest.mark.parametrize("args, option", [
+    (["--phase-clocks", "denoise=1395"], "--phase-clocks"),                       # needs --in-process
+    (["--in-process", "--phase-clocks", "denoise=abc"], "--phase-clocks"),
+    (["--in-process", "--app-executable", FAKE], "--app-executable"),
+    (["--sampling-interval", "nan"], "--sampling-interval"), (["--timeout", "inf"], "--timeout"),
+    (["--idle-seconds", "-1"], "--idle-seconds"), (["--frequency-step", "0"], "--frequency-step"),
+    (["--gpu-index", "-1"], "--gpu-index"), (["--profiling-mode", "custom", "--custom-frequencies", ",,,"],
+                                             "--custom-frequencies"),
+])
+def test_launcher_refuses_bad_options_in_one_line(tmp_path, args, option):
+    out = tmp_path / "res"
+    p = run_py("-m", "profiling.launch", "--profiling-tool", "simulated", "--gpu-type", "H100", *args,
+               "--output-dir", str(out))
+    assert p.returncode == 2, p.stdout + p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {option}") and "Traceback" not in p.stderr
+    assert not out.exists()
+
+
+def test_config_fields_are_the_launcher_options():
+    from profiling.config import option_names
+    from profiling.launch import cli
+
+    params = {p.name for p in cli.params if p.name != "config"}
+    assert params == set(option_names())
+    assert SweepConfig().check().run_mode == "process"
+
+
+def test_simulated_clock_change_is_seen_at_once_by_another_instance():
+    a, b = SimulatedGpu("H100", 0), SimulatedGpu("H100", 0)
+    assert b.current_sm_clock_mhz() == 1785
+    a.lock_sm_clock(990)
+    assert b.current_sm_clock_mhz() == 990  # no stale cache between processes sharing the state file
+    a.reset_clocks()
+    assert b.current_sm_clock_mhz() == 1785
+    assert open_backend("simulated", 0, "H100", announce=lambda m: None).visible_devices() == [0]
