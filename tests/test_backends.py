@@ -30,7 +30,7 @@ def fake_nvml(monkeypatch):
 def test_nvml_queries_and_units(fake_nvml):
     nv = fake_nvml()
     gpu = open_backend("nvml", 1)
-    assert gpu.device_name() == "NVIDIA H100 80GB HBM3" and gpu.uuid() == "GPU-1234"
+    assert gpu.device_name() == "NVIDIA H100 80GB HBM3" and gpu.uuid() == "GPU-1234-1"  # GPU 1 of the fake node
     assert detect_gpu_type(gpu.device_name()) == "H100"
     assert gpu.supported_sm_clocks_mhz() == [1980, 1755, 1410, 1005, 705]
     s = gpu.sample()
