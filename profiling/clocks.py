@@ -57,6 +57,19 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def lock_holder(backend: GpuBackend) -> dict | None:
+    """The lock record of a live process on this host holding ``backend``'s GPU (this process
+    included), with its ``path``; None when the GPU is free or its record is stale."""
+    path = _record_path(backend)
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if rec.get("host") == socket.gethostname() and _pid_alive(int(rec.get("pid", -1))):
+        return {**rec, "path": str(path)}
+    return None
+
+
 def stale_records() -> list[dict]:
     """Lock records on this host whose process is gone."""
     out = []

@@ -35,11 +35,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import json
 import math
 import numbers
 import os
-import socket
 import sys
 import threading
 import time
@@ -55,7 +53,7 @@ from sd_energy_contract.layout import SAMPLE_COLUMNS
 
 from .backends import BACKENDS, open_backend
 from .backends.base import GpuBackend, GpuSample
-from .clocks import ClockGuard, _pid_alive, _record_path
+from .clocks import ClockGuard, lock_holder
 from .errors import ClockError, GpuError
 from .monitor import MIN_INTERVAL_S, EnergyTrace, PowerMonitor
 
@@ -602,17 +600,13 @@ def _refuse_if_held(backend: GpuBackend) -> None:
     or an enclosing ``locked_clock`` has locked would reset their clock when this block ends. A
     record left by a dead process is stale and is simply taken over (and reset at the end).
     """
-    path = _record_path(backend)
-    try:
-        rec = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    pid = int(rec.get("pid", -1))
-    if rec.get("host") == socket.gethostname() and _pid_alive(pid):
+    rec = lock_holder(backend)
+    if rec is not None:
+        pid = int(rec["pid"])
         who = "this process (a locked_clock or sweep already open)" if pid == os.getpid() else f"pid {pid}"
         raise ClockError(f"GPU {backend.index} ({backend.uuid()}) is already locked at {rec.get('sm_clock_mhz')} MHz "
                          f"by {who}; locking it here would reset that clock when this block ends "
-                         f"(lock record {path})")
+                         f"(lock record {rec['path']})")
 
 
 def _read_sm_clock(backend: GpuBackend) -> float | None:
