@@ -9,7 +9,6 @@ import warnings
 from pathlib import Path
 
 import click
-import numpy as np
 import pandas as pd
 
 from profiling.cli_support import run_cli
@@ -20,14 +19,20 @@ from .io import DataError, load_runs
 from .models import (
     CrossWorkloadModel,
     FGCSModel,
-    PhysicalModel,
     activity_columns,
     leave_one_workload_out,
+    physical_fit_table,
+    physical_fits,
     usable,
 )
 from .selection import OBJECTIVES, choose_all, evaluate_guided
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
+# ``fit --model physical`` columns: models.physical_fit_table's, under the names this CSV has always had.
+PHYSICAL_FIT_COLUMNS = {"workload": "workload", "time_a_s": "time_a_s", "time_b_s_ghz": "time_b_s_ghz",
+                        "power_c_w": "power_c_w", "power_d_w_per_ghz": "power_d", "power_e_w_per_ghz3": "power_e",
+                        "time_mape": "time_mape", "power_mape": "power_mape"}
+BAND_BOOTSTRAP = 200  # resamples behind predict's 90 % band
 
 
 def _common(f):
@@ -148,17 +153,8 @@ def fit(results, gpu, out, kind, save):
         raise InputError("--save", save, "its directory does not exist")
     runs, table = _load(results, gpu, need_clocks=3)
     if kind == "physical":
-        rows = []
-        for wl, g in usable(table).groupby("workload"):
-            if g["sm_clock_mhz"].nunique() < 3:
-                continue
-            m = PhysicalModel().fit(g["sm_clock_mhz"], g["time_s_mean"], g["power_w_mean"])
-            t, p = m.predict(g["sm_clock_mhz"])
-            rows.append({"workload": wl, "time_a_s": m.coef_time_[0], "time_b_s_ghz": m.coef_time_[1],
-                         "power_c_w": m.coef_power_[0], "power_d": m.coef_power_[1], "power_e": m.coef_power_[2],
-                         "time_mape": float(np.mean(np.abs(t - g["time_s_mean"]) / g["time_s_mean"])),
-                         "power_mape": float(np.mean(np.abs(p - g["power_w_mean"]) / g["power_w_mean"]))})
-        result = pd.DataFrame(rows)
+        fits = physical_fit_table(table)[0]
+        result = fits.reindex(columns=list(PHYSICAL_FIT_COLUMNS)).rename(columns=PHYSICAL_FIT_COLUMNS)
     else:
         if table["workload"].nunique() < 3:
             raise InputError("--model", kind, f"needs at least 3 workloads for cross-validation, "
@@ -198,10 +194,7 @@ def predict(results, gpu, out, clocks):
         raise InputError("--clocks", clocks, "must be comma-separated MHz numbers") from None
     runs, table = _load(results, gpu, need_clocks=3)
     rows = []
-    for wl, g in usable(table).groupby("workload"):
-        if g["sm_clock_mhz"].nunique() < 3:
-            continue
-        m = PhysicalModel().fit(g["sm_clock_mhz"], g["time_s_mean"], g["power_w_mean"])
+    for wl, g, m in physical_fits(table, n_bootstrap=BAND_BOOTSTRAP):
         t, p = m.predict(fs)
         band = m.predict_interval(fs)
         for i, f in enumerate(fs):

@@ -329,8 +329,3 @@ def check_fittable(table: pd.DataFrame, need: int = 3) -> None:
 def default_clock_row(table: pd.DataFrame, workload: str) -> pd.Series | None:
     rows = table[(table["workload"] == workload) & table["is_default_clock"].astype(bool) & (table["n_runs"] > 0)]
     return rows.iloc[0] if len(rows) else None
-
-
-def finite(a) -> np.ndarray:
-    a = np.asarray(a, dtype=float)
-    return a[np.isfinite(a)]

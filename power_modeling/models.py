@@ -18,7 +18,9 @@ they need to know about the workload:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,6 +110,53 @@ class PhysicalModel(BaseEstimator):
         ts = self.bootstrap_coefs_[:, :2] @ bt.T
         ps = self.bootstrap_coefs_[:, 2:] @ bp.T
         return {k: np.quantile(v, q, axis=0).T for k, v in (("time_s", ts), ("power_w", ps), ("energy_j", ts * ps))}
+
+
+def fit_physical(rows: pd.DataFrame, n_bootstrap: int = 0) -> PhysicalModel | None:
+    """``PhysicalModel`` on one workload's per-clock means, or None with fewer than 3 distinct clocks.
+
+    ``n_bootstrap`` defaults to none: each resample is a refit, and only ``predict_interval``
+    reads them; the coefficients come from the full data either way.
+    """
+    if rows["sm_clock_mhz"].nunique() < 3:
+        return None
+    return PhysicalModel(n_bootstrap=n_bootstrap).fit(rows["sm_clock_mhz"], rows["time_s_mean"], rows["power_w_mean"])
+
+
+def physical_fits(table: pd.DataFrame, n_bootstrap: int = 0) -> Iterator[tuple[str, pd.DataFrame, PhysicalModel]]:
+    """(workload, its usable rows, its ``PhysicalModel``) for each workload with 3+ usable clocks.
+
+    The one definition of what the per-workload model is fitted on (``usable`` rows with a run,
+    in the table's order), shared by ``fit``/``predict`` on the command line and the report.
+    """
+    rows = usable(table)
+    if "n_runs" in rows:  # a clock whose every run was screened out has no mean to fit
+        rows = rows[rows["n_runs"] > 0]
+    for wl, g in rows.groupby("workload"):
+        model = fit_physical(g, n_bootstrap)
+        if model is not None:
+            yield str(wl), g, model
+
+
+def physical_fit_table(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The per-workload physical fits: (coefficients and in-sample MAPE per workload, predictions per clock).
+
+    The first has the coefficients (``time_a_s``, ``time_b_s_ghz``, ``power_c_w``,
+    ``power_d_w_per_ghz``, ``power_e_w_per_ghz3``) and ``time_mape``, ``power_mape``,
+    ``energy_mape`` (fractions, as ``leave_one_workload_out`` reports them; energy against the
+    measured ``energy_j_mean``); the second the measured and predicted values at each fitted clock.
+    """
+    rows, preds = [], []
+    for wl, g, m in physical_fits(table):
+        t, p = m.predict(g["sm_clock_mhz"])
+        e = g["energy_j_mean"].to_numpy(float)
+        rows.append({"workload": wl, "time_a_s": m.coef_time_[0], "time_b_s_ghz": m.coef_time_[1],
+                     "power_c_w": m.coef_power_[0], "power_d_w_per_ghz": m.coef_power_[1],
+                     "power_e_w_per_ghz3": m.coef_power_[2], "time_mape": mape(t, g["time_s_mean"]),
+                     "power_mape": mape(p, g["power_w_mean"]), "energy_mape": mape(t * p, e)})
+        preds.append(pd.DataFrame({"workload": wl, "sm_clock_mhz": g["sm_clock_mhz"].to_numpy(float),
+                                   "energy_j_mean": e, "time_s_pred": t, "power_w_pred": p, "energy_j_pred": t * p}))
+    return pd.DataFrame(rows), (pd.concat(preds, ignore_index=True) if preds else pd.DataFrame())
 
 
 POWER_TDP = "power_tdp_at_max"
@@ -382,6 +431,24 @@ def fit_held_out(locked: pd.DataFrame, make_model, workload: str, fitted: dict |
     return model
 
 
+def held_out_folds(table: pd.DataFrame, make_model: Callable[[], Any], fitted: dict | None = None,
+                   progress: Callable[[int, int, str], None] | None = None,
+                   ) -> Iterator[tuple[str, pd.DataFrame, Any]]:
+    """(workload, its usable rows, the model fitted on every other workload), workload by workload.
+
+    The one fold loop of leave-one-workload-out, which both the model scores
+    (``leave_one_workload_out``) and the guided-search regret (``selection.evaluate_guided``) run,
+    so both see the same folds and, through ``fitted``, can share the fitted models.
+    ``progress(done, total, workload)`` is called before each fold.
+    """
+    locked = usable(table)
+    names = sorted(locked["workload"].unique())
+    for i, wl in enumerate(names):
+        if progress is not None:
+            progress(i, len(names), wl)
+        yield wl, locked[locked["workload"] == wl], fit_held_out(locked, make_model, wl, fitted)
+
+
 def leave_one_workload_out(table: pd.DataFrame, make_model, fitted: dict | None = None,
                            progress=None) -> pd.DataFrame:
     """Fit on all workloads but one, predict the held-out one at every clock; one row per workload.
@@ -389,14 +456,8 @@ def leave_one_workload_out(table: pd.DataFrame, make_model, fitted: dict | None 
     ``fitted``: a dict to reuse/keep the per-fold models (``evaluate_guided`` needs the same ones).
     ``progress(done, total, workload)`` is called before each fold.
     """
-    locked = usable(table)
     rows = []
-    names = sorted(locked["workload"].unique())
-    for i, wl in enumerate(names):
-        if progress is not None:
-            progress(i, len(names), wl)
-        test = locked[locked["workload"] == wl]
-        model = fit_held_out(locked, make_model, wl, fitted)
+    for wl, test, model in held_out_folds(table, make_model, fitted, progress):
         p, t = model.predict_power(test), model.predict_time(test)
         e_true = test["power_w_mean"].values * test["time_s_mean"].values
         row = {"workload": wl, "n_clocks": len(test)}

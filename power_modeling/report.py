@@ -29,8 +29,8 @@ from scipy import stats
 from sd_energy_contract.phases import CONTAINER_PHASES, LEAF_PHASES
 
 from .features import GROUP, flag_runs, usable_mask
-from .models import PhysicalModel
-from .selection import choose_all, choose_clock, smooth_curves
+from .models import fit_physical, physical_fit_table
+from .selection import choose_all, choose_clock, pct_text, smooth_curves
 
 SYNTHETIC_NOTE = ("SYNTHETIC DATA: these results come from the simulated GPU backend (a documented model, "
                   "profiling/backends/simulated.py), not from a measurement.")
@@ -592,22 +592,16 @@ def trace_files(runs: pd.DataFrame, choices: pd.DataFrame) -> list[tuple[Path, s
 
 
 def physical_fits(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Per workload, ``PhysicalModel`` on its usable clocks: (coefficients and error, predictions per clock)."""
-    rows, preds = [], []
-    for wl, g in _usable(table).groupby("workload"):
-        if g["sm_clock_mhz"].nunique() < 3:
-            continue
-        m = PhysicalModel(n_bootstrap=0).fit(g["sm_clock_mhz"], g["time_s_mean"], g["power_w_mean"])
-        t, p = m.predict(g["sm_clock_mhz"])
-        e = g["energy_j_mean"].to_numpy(float)
-        rows.append({"workload": wl, "energy_mape_pct": float(100 * np.mean(np.abs(t * p - e) / e)),
-                     "time_mape_pct": float(100 * np.mean(np.abs(t - g["time_s_mean"]) / g["time_s_mean"])),
-                     "power_mape_pct": float(100 * np.mean(np.abs(p - g["power_w_mean"]) / g["power_w_mean"])),
-                     "time_a_s": m.coef_time_[0], "time_b_s_ghz": m.coef_time_[1], "power_c_w": m.coef_power_[0],
-                     "power_d_w_per_ghz": m.coef_power_[1], "power_e_w_per_ghz3": m.coef_power_[2]})
-        preds.append(pd.DataFrame({"workload": wl, "sm_clock_mhz": g["sm_clock_mhz"].to_numpy(float),
-                                   "energy_j_mean": e, "time_s_pred": t, "power_w_pred": p, "energy_j_pred": t * p}))
-    return pd.DataFrame(rows), (pd.concat(preds, ignore_index=True) if preds else pd.DataFrame())
+    """Per workload, ``PhysicalModel`` on its usable clocks: (coefficients and error in %, predictions per clock).
+
+    The fits are ``models.physical_fit_table``'s (the same the ``fit`` command prints); only the
+    errors are shown here as percentages, in the order the report's table lists them.
+    """
+    fits, preds = physical_fit_table(table)
+    if fits.empty:
+        return fits, preds
+    fits = fits.assign(**{f"{q}_mape_pct": 100 * fits[f"{q}_mape"] for q in ("energy", "time", "power")})
+    return fits[["workload", *FIT_COLUMNS]], preds
 
 
 def plot_model_fit(table: pd.DataFrame, fits: tuple[pd.DataFrame, pd.DataFrame] | None = None) -> Figure:
@@ -658,9 +652,8 @@ def plot_prediction(table: pd.DataFrame, choices: pd.DataFrame | None = None, ob
         use = _usable(groups[wl])
         x = use["sm_clock_mhz"].to_numpy(float)
         smooth = _smoothed(use)
-        model = None
-        if use["sm_clock_mhz"].nunique() >= 3:
-            model = PhysicalModel(n_bootstrap=0).fit(x, use["time_s_mean"], use["power_w_mean"])
+        model = fit_physical(use)
+        if model is not None:
             xf = np.linspace(x.min(), x.max(), 200)
             tf, pf = model.predict(xf)
         for ax, m in zip(row, ("time_s", "power_w", "energy_j"), strict=True):
@@ -735,13 +728,6 @@ def headline(choices: pd.DataFrame, objective: str = "edp", max_slowdown: float 
     second = (f"{nsig} show no significant saving (the best lower clock is within the noise) and for {ref} the max "
               "clock is best outright.")
     return f"{first} {second}"
-
-
-def pct_text(v: float, lo: float, hi: float) -> str:
-    """``11.2 % [10.3, 12.2]`` for sentences; the interval is "unknown" with one run per clock."""
-    if not np.isfinite(lo):
-        return f"{v:.1f} % [interval unknown]"
-    return f"{v:.1f} % [{lo:.1f}, {hi:.1f}]"
 
 
 def _headline_one(c: pd.Series, name: str, cap: str, table: pd.DataFrame | None) -> str:

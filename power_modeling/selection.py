@@ -134,6 +134,28 @@ def _slower(ratio: tuple[float, float, float]) -> tuple[float, float, float]:
     return (r - 1) * 100, (lo - 1) * 100, (hi - 1) * 100
 
 
+Interval = tuple[float, float, float]  # (value, lo, hi); lo and hi NaN where there is no interval
+
+
+def _verdict(at_reference: bool, known: bool, objective_ratio: Callable[[], Interval]) -> str:
+    """The verdict on the best candidate against the reference: one rule for a sweep and a guided search.
+
+    ``known``: both sides have repeats, so the objective's ratio has an interval; a saving counts
+    only when the interval's worse end still saves. ``objective_ratio`` is called only then.
+    """
+    if at_reference:
+        return "reference is best"
+    if not known:
+        return "uncertainty unknown"
+    return "saving" if _saved(objective_ratio())[1] > 0 else "no significant saving"
+
+
+def _effects(ratio: Callable[[str], Interval], objective: str) -> tuple[Interval, Interval, Interval]:
+    """(energy saved, slowdown, objective saved), each (value, lo, hi) in %, from ``ratio(quantity)``
+    of one clock over another: what a choice reports against the reference or the default clock."""
+    return _saved(ratio("energy_j")), _slower(ratio("time_s")), _saved(ratio(objective))
+
+
 class _Workload:
     """One workload's rows as arrays, with ratios and intervals on its pooled run-to-run noise.
 
@@ -303,17 +325,9 @@ def _choose(w: _Workload, workload: str, objective: str, max_slowdown: float | N
     if choose_on == "fit" and np.isfinite(fitted) and (w.f[cand] == fitted).any():
         chosen = int(cand[np.flatnonzero(w.f[cand] == fitted)[0]])
     known = bool(min(w.n[chosen], w.n[ref]) >= 2)
-    if chosen == ref:
-        verdict = "reference is best"
-    elif not known:
-        verdict = "uncertainty unknown"
-    elif _saved(w.ratio(chosen, ref, metric))[1] > 0:
-        verdict = "saving"
-    else:
-        verdict = "no significant saving"
+    verdict = _verdict(chosen == ref, known, lambda: w.ratio(chosen, ref, metric))
     pick = ref if verdict == "no significant saving" else chosen
-    e_sv, t_sl = _saved(w.ratio(pick, ref, "energy_j")), _slower(w.ratio(pick, ref, "time_s"))
-    o_sv = _saved(w.ratio(pick, ref, metric))
+    e_sv, t_sl, o_sv = _effects(lambda q: w.ratio(pick, ref, q), metric)
     choice = Choice(
         workload=workload, gpu=str(rows["gpu"].iloc[ref]), objective=objective, max_slowdown=max_slowdown,
         clock_mhz=float(w.f[pick]), verdict=verdict, chosen_on="fit" if chosen != best else "measured",
@@ -327,7 +341,7 @@ def _choose(w: _Workload, workload: str, objective: str, max_slowdown: float | N
     default = np.flatnonzero(w.default & (w.n > 0))
     if len(default):
         d = int(default[0])
-        e_d, t_d = _saved(w.ratio(pick, d, "energy_j")), _slower(w.ratio(pick, d, "time_s"))
+        e_d, t_d, _ = _effects(lambda q: w.ratio(pick, d, q), metric)
         (choice.energy_saved_vs_default_pct, choice.energy_saved_vs_default_lo_pct,
          choice.energy_saved_vs_default_hi_pct) = e_d
         choice.slowdown_vs_default_pct, choice.slowdown_vs_default_lo_pct, choice.slowdown_vs_default_hi_pct = t_d
@@ -335,11 +349,20 @@ def _choose(w: _Workload, workload: str, objective: str, max_slowdown: float | N
     return choice
 
 
-def _pm(value: float, lo: float, hi: float) -> str:
-    """``12.3 % [10.1, 14.2]`` or ``12.3 % [interval unknown]``."""
+def pct_text(value: float, lo: float, hi: float, unknown: str = "interval unknown") -> str:
+    """``12.3 % [10.1, 14.2]``, or ``12.3 % [interval unknown]`` where one run per clock gives no interval.
+
+    The one way a percentage and its interval are written in sentences (the choices' summaries
+    here, the report's headline); ``unknown`` says why there is no interval where that helps.
+    """
     if not np.isfinite(lo):
-        return f"{value:.1f} % [interval unknown: one run]"
+        return f"{value:.1f} % [{unknown}]"
     return f"{value:.1f} % [{lo:.1f}, {hi:.1f}]"
+
+
+def _pm(value: float, lo: float, hi: float) -> str:
+    """``pct_text`` for a choice's summary, which a user reads alone: it says why the interval is missing."""
+    return pct_text(value, lo, hi, "interval unknown: one run")
 
 
 def summarise(c: Choice) -> str:
@@ -615,19 +638,11 @@ class GuidedSearch:
         at = {float(f): i for i, f in enumerate(self.clocks)}
         obj = self.objective
         known = min(len(best.time_s), len(ref.time_s)) >= 2 and self._noise(obj)[1] >= 1
-        if best is ref:
-            verdict = "reference is best"
-        elif not known:
-            verdict = "uncertainty unknown"
-        elif _saved(self._interval(best, obj))[1] > 0:
-            verdict = "saving"
-        else:
-            verdict = "no significant saving"
+        verdict = _verdict(best is ref, known, lambda: self._interval(best, obj))
         pick = ref if verdict == "no significant saving" else best
         faster = [pr.clock_mhz for pr in self.probes.values() if pr is not ref and not self._admissible(pr)
                   and self._interval(pr, "time_s")[2] < 1]
-        e_sv, t_sl = _saved(self._interval(pick, "energy_j")), _slower(self._interval(pick, "time_s"))
-        o_sv = _saved(self._interval(pick, obj))
+        e_sv, t_sl, o_sv = _effects(lambda q: self._interval(pick, q), obj)
         errors = []
         for f, pr in sorted(self.probes.items(), reverse=True):
             i = at[f]
@@ -677,16 +692,11 @@ def evaluate_guided(table: pd.DataFrame, make_cross_model, objective: str = "edp
     Screened-out rows (``features``) are left out of the truth as of the fits, so a counter glitch
     at one clock cannot pose as the optimum. ``progress(done, total, workload)`` is called per fold.
     """
-    from .models import fit_held_out, usable
+    from .models import held_out_folds
 
-    locked = usable(table)
     rows = []
-    names = sorted(locked["workload"].unique())
-    for i, wl in enumerate(names):
-        if progress is not None:
-            progress(i, len(names), wl)
-        test = locked[locked["workload"] == wl].set_index("sm_clock_mhz", drop=False)
-        model = fit_held_out(locked, make_cross_model, wl, fitted)
+    for wl, rows_wl, model in held_out_folds(table, make_cross_model, fitted, progress):
+        test = rows_wl.set_index("sm_clock_mhz", drop=False)
         g = guided_choice(lambda f, test=test: test.loc[f], list(test.index), model, objective, k, max_slowdown, min_gap)
         true = objective_value(test["energy_j_mean"], test["time_s_mean"], objective)
         if max_slowdown is not None:

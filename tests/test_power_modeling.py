@@ -447,6 +447,40 @@ def test_cli_select_prints_intervals_verdicts_and_exclusions():
     assert p.returncode == 0 and "interval unknown" in p.stdout and "fitted_mhz" in p.stdout
 
 
+def test_physical_fits_are_one_computation_for_fit_and_the_report(tmp_path):
+    """``fit --model physical``, the report's model table and ``models.physical_fit_table`` agree.
+
+    Two workloads: one on the known laws, one with only two usable clocks (too few for the five
+    coefficients), which every view leaves out rather than fitting.
+    """
+    from power_modeling.models import physical_fit_table
+    from power_modeling.report import physical_fits
+
+    two = synthetic_runs(clocks=(900, 1800))
+    runs = pd.concat([synthetic_runs(), two.assign(workload="two", run_id="two_" + two["run_id"])], ignore_index=True)
+    table = feature_table(runs)
+    fits, preds = physical_fit_table(table)
+    assert list(fits["workload"]) == ["synth"] and set(preds["workload"]) == {"synth"}
+    row = fits.iloc[0]
+    assert [row["time_a_s"], row["time_b_s_ghz"]] == pytest.approx([2.0, 8.0], rel=0.05)
+    assert row["power_c_w"] + row["power_d_w_per_ghz"] + row["power_e_w_per_ghz3"] == pytest.approx(110, rel=0.02)
+    assert row[["time_mape", "power_mape", "energy_mape"]].max() < 0.02
+    shown, shown_preds = physical_fits(table)
+    assert shown["power_e_w_per_ghz3"].tolist() == fits["power_e_w_per_ghz3"].tolist()
+    assert shown["energy_mape_pct"].tolist() == [100 * row["energy_mape"]]
+    pd.testing.assert_frame_equal(shown_preds, preds)
+
+    csv = ARTEFACTS / "clean_coarse.csv"
+    p = _pm("fit", str(csv), "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    printed = pd.read_csv(tmp_path / "fit_physical.csv")
+    expected = physical_fit_table(feature_table(load_runs([csv])))[0]
+    assert list(printed.columns) == ["workload", "time_a_s", "time_b_s_ghz", "power_c_w", "power_d", "power_e",
+                                     "time_mape", "power_mape"]
+    assert printed["power_d"].to_numpy() == pytest.approx(expected["power_d_w_per_ghz"].to_numpy(), rel=1e-12)
+    assert printed["time_mape"].to_numpy() == pytest.approx(expected["time_mape"].to_numpy(), rel=1e-12)
+
+
 def test_cli_predict_never_calls_a_measured_clock_extrapolated(tmp_path):
     p = _pm("predict", str(ARTEFACTS / "clean_coarse.csv"), "--clocks", "1785,645,1000,1900", "--out", str(tmp_path))
     assert p.returncode == 0, p.stderr
