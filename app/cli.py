@@ -126,21 +126,10 @@ def cli(**o):
         return _list_schedulers()
     if o["benchmark_runs"] < 1:
         raise InputError("--benchmark-runs", o["benchmark_runs"], "must be at least 1")
-    req = GenerationRequest(
-        model_variant=o["model_variant"], custom_model=o["custom_model"], model_family=o["model_family"],
-        weights=o["weights"], allow_pickle=o["allow_pickle"], scheduler=o["scheduler"],
-        execution=ExecutionOptions(o["device"], o["dtype"], o["attention"], o["cpu_offload"], o["vae_slicing"],
-                                   o["vae_tiling"], o["channels_last"], o["compile_"]),
-        prompts=_prompts(o["prompt"], o["prompt_file"]), negative_prompt=o["negative_prompt"],
-        height=o["height"], width=o["width"], steps=o["steps"], guidance_scale=o["guidance_scale"], seed=o["seed"],
-        num_images=o["num_images"], batch_size=o["batch_size"], images_per_prompt=o["images_per_prompt"],
-        warmup=o["warmup"], style=o["style"], style_file=o["style_file"], init_image=o["init_image"],
-        strength=o["strength"], output_dir=o["output_dir"], output_prefix=o["output_prefix"],
-        save_images=o["save_images"], export_metrics=o["export_metrics"], clip_model=o["clip_model"])
+    req = request_from_options(o)
     log = (lambda *_: None) if o["quiet"] else click.echo
     warnings.filterwarnings("ignore")
-    _quiet_libraries()
-    from . import suites
+    quiet_libraries()
     from .runner import check_inputs, run_generation
 
     resolved, variant = check_inputs(req)
@@ -155,32 +144,8 @@ def cli(**o):
         log(f"{variant.key} {resolved.height}x{resolved.width}, {resolved.steps} steps, guidance "
             f"{resolved.guidance_scale}: {sum(r['flops_per_image'] for r in rows) / 1e12:.3f} TFLOPs per image")
         return 0
-    out = Path(o["output_dir"])
-    explicit = frozenset(_given(("height", "width", "steps", "guidance_scale", "scheduler")))
-    if o["compare_models"]:
-        from .compare import compare_models, parse_models, timestamped
-
-        models = parse_models(o["compare_models"])
-        root = timestamped(out)
-        compare_models(models, req, root, o["keep_loaded"], explicit=explicit, log=log)
-        log(f"comparison: {root}/comparison.csv, {root}/generation_config.json")
-        return 0
-    if o["benchmark"] and o["benchmark_type"] == "icons":
-        from .compare import icon_benchmark
-
-        icon_benchmark(req, out, o["quick"], explicit=explicit, log=log)
-        return 0
-    if o["harness"]:
-        return _run_harness(o, req, resolved, variant, out / "harness", log)
-    if o["benchmark"] or o["scheduler_comparison"] or o["multi_resolution"]:
-        if o["benchmark"]:
-            suites.run_cases(o["benchmark_type"], suites.suite_cases(o["benchmark_type"], req), req,
-                             o["benchmark_runs"], out, log)
-        if o["scheduler_comparison"]:
-            suites.run_cases("scheduler_comparison", suites.scheduler_cases(req), req, o["benchmark_runs"], out, log)
-        if o["multi_resolution"]:
-            suites.run_cases("multi_resolution", suites.resolution_cases(req), req, o["benchmark_runs"], out, log)
-        return 0
+    if o["compare_models"] or o["harness"] or o["benchmark"] or o["scheduler_comparison"] or o["multi_resolution"]:
+        return _run_mode(o, req, resolved, variant, log)
     m = run_generation(req, log=log)
     c = m["config"]
     log(f"{c['model_variant']} ({c['weights']} weights, {c['dtype']}, {c['device']}), {c['scheduler_class']}: "
@@ -194,6 +159,90 @@ def cli(**o):
     return 0
 
 
+# Options that pick a mode other than one generation run.
+MODE_OPTIONS = ("compare_models", "harness", "benchmark", "scheduler_comparison", "multi_resolution",
+                "profile_compute", "list_variants", "list_schedulers")
+
+
+def request_from_options(o: dict) -> GenerationRequest:
+    """The parsed options as a ``GenerationRequest``: the one translation, shared by the command line
+    and the in-process workload, so both accept exactly the same arguments."""
+    return GenerationRequest(
+        model_variant=o["model_variant"], custom_model=o["custom_model"], model_family=o["model_family"],
+        weights=o["weights"], allow_pickle=o["allow_pickle"], scheduler=o["scheduler"],
+        execution=ExecutionOptions(o["device"], o["dtype"], o["attention"], o["cpu_offload"], o["vae_slicing"],
+                                   o["vae_tiling"], o["channels_last"], o["compile_"]),
+        prompts=_prompts(o["prompt"], o["prompt_file"]), negative_prompt=o["negative_prompt"],
+        height=o["height"], width=o["width"], steps=o["steps"], guidance_scale=o["guidance_scale"], seed=o["seed"],
+        num_images=o["num_images"], batch_size=o["batch_size"], images_per_prompt=o["images_per_prompt"],
+        warmup=o["warmup"], style=o["style"], style_file=o["style_file"], init_image=o["init_image"],
+        strength=o["strength"], output_dir=o["output_dir"], output_prefix=o["output_prefix"],
+        save_images=o["save_images"], export_metrics=o["export_metrics"], clip_model=o["clip_model"])
+
+
+def parse_options(argv: list[str]) -> dict:
+    """``argv`` parsed by this command line (``--config`` included) without running it; a bad
+    argument is an ``InputError`` naming it."""
+    asks = [a for a in argv if a in CONTEXT["help_option_names"]]
+    if asks:
+        raise InputError(asks[0], None, "asks for help, not for a generation run")
+    try:
+        with cli.make_context("StableDiffusionViaHF.py", list(argv), resilient_parsing=False) as ctx:
+            return dict(ctx.params)
+    except click.NoSuchOption as exc:
+        close = f" (did you mean {', '.join(sorted(exc.possibilities))}?)" if exc.possibilities else ""
+        raise InputError(exc.option_name, None, f"no such option{close}") from None
+    except click.BadParameter as exc:
+        name = exc.param.opts[0] if exc.param is not None and exc.param.opts else (exc.param_hint or "argument")
+        raise InputError(str(name), None, exc.message) from None
+    except click.UsageError as exc:
+        raise InputError("arguments", " ".join(argv), exc.format_message()) from None
+
+
+def _run_mode(o: dict, req: GenerationRequest, resolved: GenerationRequest, variant, log) -> int:
+    """Model comparison, the icon benchmark, the harness, the suites: one events file (the launcher's,
+    if any) and one pipeline cache for the whole invocation."""
+    from . import suites
+    from .pipeline import PipelineCache
+    from .runner import launcher_metrics_file, metrics_targets
+    from .timing import PhaseRecorder
+
+    out = Path(o["output_dir"])
+    explicit = frozenset(_given(("height", "width", "steps", "guidance_scale", "scheduler")))
+    targets = metrics_targets(req.export_metrics, launcher_metrics_file())
+    if o["compare_models"]:
+        from .compare import parse_models, timestamped
+
+        models = parse_models(o["compare_models"])  # checked before the recorder creates the events file
+    recorder = PhaseRecorder.from_env(resolved.execution.device)
+    cache = PipelineCache()
+    try:
+        if o["compare_models"]:
+            from .compare import compare_models
+
+            root = timestamped(out)
+            compare_models(models, req, root, o["keep_loaded"], explicit=explicit, log=log, recorder=recorder,
+                           metrics=targets)
+            log(f"comparison: {root}/comparison.csv, {root}/generation_config.json")
+        elif o["benchmark"] and o["benchmark_type"] == "icons":
+            from .compare import icon_benchmark
+
+            icon_benchmark(req, out, o["quick"], explicit=explicit, log=log, recorder=recorder, metrics=targets)
+        elif o["harness"]:
+            return _run_harness(o, req, resolved, variant, out / "harness", log, recorder, cache)
+        else:
+            kinds = [(o["benchmark_type"], suites.suite_cases(o["benchmark_type"], req))] if o["benchmark"] else []
+            if o["scheduler_comparison"]:
+                kinds.append(("scheduler_comparison", suites.scheduler_cases(req)))
+            if o["multi_resolution"]:
+                kinds.append(("multi_resolution", suites.resolution_cases(req)))
+            suites.run_suites(kinds, req, o["benchmark_runs"], out, log, recorder, cache, targets)
+    finally:
+        recorder.close()
+        cache.clear()
+    return 0
+
+
 def _given(names: tuple[str, ...]) -> list[str]:
     """Options the user set (command line or --config), as opposed to left at their defaults."""
     from click.core import ParameterSource
@@ -202,10 +251,10 @@ def _given(names: tuple[str, ...]) -> list[str]:
     return [n for n in names if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)]
 
 
-def _run_harness(o: dict, req, resolved, variant, out: Path, log) -> int:
+def _run_harness(o: dict, req: GenerationRequest, resolved: GenerationRequest, variant, out: Path, log, recorder,
+                 cache) -> int:
     from . import harness
-    from .pipeline import load_workload
-    from .timing import PhaseRecorder
+    from .runner import load, request_generator
 
     try:
         levels = [int(x) for x in o["concurrency"].split(",") if x.strip()]
@@ -222,16 +271,14 @@ def _run_harness(o: dict, req, resolved, variant, out: Path, log) -> int:
         if why:
             raise InputError("--url", o["url"], f"unreachable ({why})")
     else:
-        recorder = PhaseRecorder("cpu")
-        wl = load_workload(variant, resolved.weights, resolved.scheduler, resolved.execution, recorder=recorder)
-        recorder.device = wl.device
-        target = harness.CallableTarget(harness.pipeline_callable(wl, recorder))
+        load(resolved, variant, recorder, cache)  # loaded before the clock starts, not by the first request
+        target = harness.CallableTarget(request_generator(resolved, recorder, cache))
     harness.run_harness(target, cfg, out, log)
     log(f"harness results: {out}/summary.csv, requests.csv, raw.json, throughput.png, latency.png")
     return 0
 
 
-def _quiet_libraries() -> None:
+def quiet_libraries() -> None:
     import diffusers
     import transformers
 

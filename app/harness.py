@@ -30,11 +30,12 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .models import ICON_PROMPTS
+
 PROMPT_SETS = {
     "default": ["a photograph of an astronaut riding a horse", "a watercolor painting of a lighthouse at dusk",
                 "a bowl of ramen, studio lighting", "an isometric illustration of a data centre"],
-    "icons": ["bank transfer icon", "minimal fintech payment icon", "switch transfer symbol",
-              "notification bell icon", "premium investment logo"],
+    "icons": list(ICON_PROMPTS),
 }
 
 
@@ -199,7 +200,7 @@ def check_config(cfg: HarnessConfig) -> None:
         raise InputError("--prompt", None, "no prompts to send")
 
 
-def _in_thread(target, req: Request, t0: float) -> Future:
+def _in_thread(target, req: Request, t0: float) -> tuple[Future, threading.Thread]:
     """Run one call on its own daemon thread: a call that hangs past its timeout is abandoned and
     can never hold up the requests after it (Python cannot kill a thread)."""
     fut: Future = Future()
@@ -210,19 +211,22 @@ def _in_thread(target, req: Request, t0: float) -> Future:
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting caller
             fut.set_exception(exc)
 
-    threading.Thread(target=run, daemon=True).start()
-    return fut
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return fut, thread
 
 
-def _one(target, req: Request, level: int, index: int, timeout_s: float, origin: float) -> Outcome:
+def _one(target, req: Request, level: int, index: int, timeout_s: float, origin: float,
+         abandoned: list[threading.Thread]) -> Outcome:
     out = Outcome(level, index, req.prompt, req.width, req.height, req.num_images, req.num_inference_steps,
                   time.perf_counter() - origin)
     t0 = time.perf_counter()
-    fut = _in_thread(target, req, t0)
+    fut, thread = _in_thread(target, req, t0)
     try:
         out.images, out.bytes, out.ttfi_s = fut.result(timeout=timeout_s)
     except FutureTimeout:
         out.status, out.error = "timeout", f"no answer in {timeout_s} s"
+        abandoned.append(thread)
     except BadReturn as exc:
         out.status, out.error = "bad_return", str(exc)
     except (TimeoutError, urllib.error.URLError) as exc:
@@ -234,17 +238,38 @@ def _one(target, req: Request, level: int, index: int, timeout_s: float, origin:
     return out
 
 
-def run_level(target, cfg: HarnessConfig, level: int) -> tuple[list[Outcome], dict]:
+def _wait_for(abandoned: list[threading.Thread], timeout_s: float, log) -> None:
+    """Let the calls abandoned at their timeout finish before going on.
+
+    They still run (on the GPU, say): left alone they would slow the next level down, and a
+    process that exits while one is inside native code (torch) aborts instead of reporting.
+    The wait is bounded, so a call that never returns cannot hold the harness forever.
+    """
+    alive = [t for t in abandoned if t.is_alive()]
+    if not alive:
+        return
+    log(f"waiting for {len(alive)} timed-out request(s) to finish before going on")
+    deadline = time.monotonic() + max(60.0, 10 * timeout_s)
+    for t in alive:
+        t.join(max(0.0, deadline - time.monotonic()))
+    if any(t.is_alive() for t in alive):
+        log(f"{sum(t.is_alive() for t in alive)} timed-out request(s) still running; going on without them")
+
+
+def run_level(target, cfg: HarnessConfig, level: int, log=print) -> tuple[list[Outcome], dict]:
     reqs = [Request(cfg.prompts[i % len(cfg.prompts)], cfg.width, cfg.height, cfg.num_images, cfg.steps,
                     cfg.guidance_scale) for i in range(level * cfg.iterations)]
+    abandoned: list[threading.Thread] = []
     with ThreadPoolExecutor(max_workers=level) as callers:
         origin = time.perf_counter()
         for i in range(cfg.warmup):
-            _one(target, reqs[i % len(reqs)], level, -1 - i, cfg.timeout_s, origin)
+            _one(target, reqs[i % len(reqs)], level, -1 - i, cfg.timeout_s, origin, abandoned)
         origin = time.perf_counter()
-        futures = [callers.submit(_one, target, r, level, i, cfg.timeout_s, origin) for i, r in enumerate(reqs)]
+        futures = [callers.submit(_one, target, r, level, i, cfg.timeout_s, origin, abandoned)
+                   for i, r in enumerate(reqs)]
         outcomes = [f.result() for f in futures]
         wall = time.perf_counter() - origin
+    _wait_for(abandoned, cfg.timeout_s, log)
     ok = [o for o in outcomes if o.status == "ok"]
     images = sum(o.images for o in ok)
     rss, gpu = _peak_memory()
@@ -267,7 +292,7 @@ def run_harness(target, cfg: HarnessConfig, out_dir: str | Path | None = None, l
     check_config(cfg)
     details, summaries = [], []
     for level in cfg.levels:
-        outcomes, summary = run_level(target, cfg, level)
+        outcomes, summary = run_level(target, cfg, level, log)
         details += outcomes
         summaries.append(summary)
         log(f"concurrency {level:>3}: {summary['ok']}/{summary['requests']} ok, {summary['ips']:.3f} img/s, "
@@ -337,24 +362,6 @@ def compare(summary_csvs: list[str | Path], out_csv: str | Path) -> list[dict]:
                 rows.append({"run": str(Path(path).parent.name), **r})
     _write_csv(Path(out_csv), rows)
     return rows
-
-
-def pipeline_callable(workload, recorder) -> Callable:
-    """The app's loaded pipeline as a harness target (one generation at a time: a GPU runs one batch)."""
-    import threading
-
-    from .pipeline import Generator
-
-    gen = Generator(workload, recorder)
-    lock = threading.Lock()
-
-    def generate(prompt, width, height, num_images, num_inference_steps, guidance_scale, seed=0):
-        with lock:
-            res = gen.run_batch([prompt] * num_images, None, height, width, num_inference_steps, guidance_scale,
-                                list(range(seed, seed + num_images)))
-        return res.images
-
-    return generate
 
 
 def encode_png(image) -> bytes:

@@ -120,6 +120,9 @@ _VARIANTS = [
 
 VARIANTS: dict[str, ModelVariant] = {v.key: v for v in _VARIANTS}
 ICON_VARIANTS = ("flat-design-icons", "sd-logo", "fantassified-icons")
+# The icon benchmark's prompts, also the harness's ``--prompt-set icons``.
+ICON_PROMPTS = ("bank transfer icon", "minimal fintech payment icon", "switch transfer symbol",
+                "notification bell icon", "premium investment logo")
 
 
 class UnknownVariantError(KeyError):

@@ -14,12 +14,17 @@ server (gunicorn, waitress) in front for anything else.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from flask import Flask, Response, jsonify, request
 
+from sd_energy_contract.errors import InputError
+
 
 def create_app(generate, info: dict) -> Flask:
+    """The service around ``generate(prompt, width, height, num_images, steps, guidance, seed=...)``,
+    which raises ``InputError`` for a request the model cannot take (answered 400 with its message)."""
     app = Flask("sd-energy-serve")
 
     @app.get("/health")
@@ -37,12 +42,14 @@ def create_app(generate, info: dict) -> Flask:
             n = int(body.get("num_images", 1))
             steps = int(body.get("num_inference_steps", 25))
             guidance = float(body.get("guidance_scale", 7.5))
+            seed = int(body.get("seed", 0))
         except (KeyError, TypeError, ValueError) as exc:
             return jsonify({"error": f"bad request: {exc}"}), 400
-        if n < 1 or steps < 1 or width % 8 or height % 8:
-            return jsonify({"error": "num_images and steps must be >= 1, width/height multiples of 8"}), 400
         t0 = time.perf_counter()
-        images = generate(prompt, width, height, n, steps, guidance, seed=int(body.get("seed", 0)))
+        try:
+            images = generate(prompt, width, height, n, steps, guidance, seed=seed)
+        except InputError as exc:
+            return jsonify({"error": str(exc)}), 400
         latency = time.perf_counter() - t0
         if len(images) == 1:
             return Response(encode_png(images[0]), mimetype="image/png", headers={"X-Latency-S": f"{latency:.4f}"})
@@ -56,27 +63,31 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model-variant", default="sd-v1.5")
     ap.add_argument("--weights", default="auto", choices=["auto", "pretrained", "random", "tiny"])
     ap.add_argument("--scheduler", default=None)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", default="auto")
+    ap.add_argument("--device", default="auto", choices=["auto", "cuda", "mps", "cpu"])
+    ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "fp16", "bf16"])
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8765)
     a = ap.parse_args(argv)
     import warnings
 
     warnings.filterwarnings("ignore")
-    from .harness import pipeline_callable
-    from .models import get_variant
-    from .pipeline import ExecutionOptions, load_workload
+    from .pipeline import ExecutionOptions, PipelineCache
+    from .runner import GenerationRequest, check_inputs, load, request_generator
     from .timing import PhaseRecorder
 
-    variant = get_variant(a.model_variant)
-    opts = ExecutionOptions(device=a.device, dtype=a.dtype)
-    recorder = PhaseRecorder("cpu")
-    wl = load_workload(variant, a.weights, a.scheduler or variant.default_scheduler, opts, recorder=recorder)
-    recorder.device = wl.device
+    try:
+        # Requests bring their own prompt, size, steps and guidance; the model and how it runs are fixed here.
+        base, variant = check_inputs(GenerationRequest(
+            model_variant=a.model_variant, weights=a.weights, scheduler=a.scheduler,
+            execution=ExecutionOptions(device=a.device, dtype=a.dtype), save_images=False))
+        recorder, cache = PhaseRecorder.from_env(a.device), PipelineCache()
+        wl = load(base, variant, recorder, cache)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     info = {"model_variant": variant.key, "weights": wl.weights_source, "device": wl.device, "dtype": wl.dtype,
             "scheduler": wl.scheduler_class}
-    app = create_app(pipeline_callable(wl, recorder), info)
+    app = create_app(request_generator(base, recorder, cache), info)
     print(f"serving {variant.key} ({wl.weights_source}, {wl.device}) on http://{a.host}:{a.port}/generate", flush=True)
     app.run(host=a.host, port=a.port, threaded=True)
     return 0

@@ -8,16 +8,16 @@ of variation of its latency and throughput, so run-to-run noise is visible next 
 from __future__ import annotations
 
 import csv
-import statistics
 from dataclasses import replace
 from pathlib import Path
 
 from . import schedulers
-from .runner import GenerationRequest, check_inputs, load_styles, run_generation
+from .outputs import write_json_atomic
+from .pipeline import PipelineCache
+from .runner import GenerationRequest, check_inputs, generate, load_styles, run_stats
+from .timing import PhaseRecorder
 
 BENCHMARK_TYPES = ("speed", "quality", "memory_stress", "artistic_styles", "energy_research", "icons")
-ICON_PROMPTS = ("bank transfer icon", "minimal fintech payment icon", "switch transfer symbol",
-                "notification bell icon", "premium investment logo")
 
 
 def _round_to(x: float, factor: int) -> int:
@@ -60,24 +60,51 @@ def resolution_cases(r: GenerationRequest) -> list[tuple[str, dict]]:
     return [(f"{h}x{h}", {"height": h, "width": h}) for h in sizes]
 
 
-def run_cases(name: str, cases: list[tuple[str, dict]], r: GenerationRequest, repeats: int,
-              out_dir: Path, log=print) -> list[dict]:
-    rows = []
-    for case, overrides in cases:
-        req = replace(r, output_dir=str(out_dir / name / case), export_metrics=None, **overrides)
-        check_inputs(req)  # a bad case fails before any run, never half-way through the table
-        runs = [run_generation(req, log=lambda *_: None, reuse=True) for _ in range(repeats)]
-        rows.append(_row(name, case, runs))
-        log(_format_row(rows[-1]))
-    _write_csv(out_dir / f"benchmark_{name}.csv", rows)
-    log(f"wrote {out_dir / f'benchmark_{name}.csv'}")
-    return rows
+def run_suites(kinds: list[tuple[str, list[tuple[str, dict]]]], r: GenerationRequest, repeats: int, out_dir: Path,
+               log=print, recorder: PhaseRecorder | None = None, cache: PipelineCache | None = None,
+               metrics_targets: list[Path] = ()) -> dict[str, list[dict]]:
+    """Run each suite's cases ``repeats`` times on one resident pipeline; a CSV per suite, one metrics JSON.
+
+    Every case is checked before the first run (a bad case never stops a table half-way). The
+    first case is warmed up (at least one batch, or --warmup), so it does not run cold; later cases
+    warm up only when --warmup asks. The metrics JSON (--export-metrics, or the launcher's file)
+    holds every suite's rows and the images and generation time in total.
+    """
+    recorder = recorder or PhaseRecorder(r.execution.device)
+    cache = cache or PipelineCache()
+    checked = {name: [(case, check_inputs(replace(r, output_dir=str(out_dir / name / case), export_metrics=None,
+                                                  **overrides))) for case, overrides in cases]
+               for name, cases in kinds}
+    tables: dict[str, list[dict]] = {}
+    cold = True
+    for name, cases in checked.items():
+        rows = tables[name] = []
+        for case, (req, variant) in cases:
+            runs = []
+            for k in range(repeats):
+                warmup = 0 if k else (max(1, req.warmup) if cold else req.warmup)
+                runs.append(generate(req, variant, recorder, cache, warmup=warmup, log=lambda *_: None).metrics())
+                cold = False
+            rows.append(_row(name, case, runs))
+            log(_format_row(rows[-1]))
+        _write_csv(out_dir / f"benchmark_{name}.csv", rows)
+        log(f"wrote {out_dir / f'benchmark_{name}.csv'}")
+    if metrics_targets:
+        summary = suite_metrics(tables)
+        for path in metrics_targets:
+            write_json_atomic(path, summary)
+    return tables
 
 
-def _summary(values: list[float]) -> tuple[float, float, float]:
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return mean, std, (std / mean if mean else 0.0)
+def suite_metrics(tables: dict[str, list[dict]]) -> dict:
+    """The suites' metrics JSON: every row, plus the totals a launcher row needs (images, time)."""
+    rows = [row for table in tables.values() for row in table]
+    first = rows[0] if rows else {}
+    return {"schema": "sd-energy.app-suite/1", "suites": tables,
+            "config": {k: first.get(k) for k in ("model_variant", "weights", "scheduler", "dtype", "height", "width",
+                                                 "steps", "batch_size", "device")},
+            "images": sum(row["images"] * row["runs"] for row in rows),
+            "generation_s": sum(row["latency_s_mean"] * row["runs"] for row in rows)}
 
 
 def _row(suite: str, case: str, runs: list[dict]) -> dict:
@@ -89,8 +116,11 @@ def _row(suite: str, case: str, runs: list[dict]) -> dict:
     for key, values in (("latency_s", [m["generation_s"] for m in runs]),
                         ("images_per_s", [m["images_per_s"] for m in runs]),
                         ("steps_per_s", [m["steps_per_s"] for m in runs])):
-        mean, std, cv = _summary(values)
-        row.update({f"{key}_mean": mean, f"{key}_std": std, f"{key}_cv": cv})
+        stats = run_stats(values)
+        row.update({f"{key}_mean": stats["mean"], f"{key}_std": stats["std"], f"{key}_cv": stats["cv"]})
+    if "clip_score" in runs[0]:
+        stats = run_stats([m["clip_score"]["mean"] for m in runs])
+        row.update({"clip_score_mean": stats["mean"], "clip_score_std": stats["std"]})
     row["peak_memory_mib"] = max(m["peak_memory_mib"] for m in runs)
     row["files"] = len(runs[-1]["files"])
     return row
@@ -98,7 +128,7 @@ def _row(suite: str, case: str, runs: list[dict]) -> dict:
 
 def _format_row(row: dict) -> str:
     return (f"{row['suite']:<16} {row['case']:<28} {row['height']}x{row['width']} steps={row['steps']:<3} "
-            f"batch={row['batch_size']:<2} {row['images_per_s_mean']:.3f} img/s (cv {row['images_per_s_cv']:.1%}) "
+            f"batch={row['batch_size']:<2} {row['images_per_s_mean']:.3f} img/s (cv {row['images_per_s_cv'] or 0:.1%}) "
             f"latency {row['latency_s_mean']:.3f}s  {row['scheduler_class']}")
 
 

@@ -9,17 +9,18 @@ import pytest
 from PIL import Image
 
 from app import schedulers
-from app.pipeline import ExecutionOptions, backoff_batches
+from app.pipeline import ExecutionOptions, PipelineCache, backoff_batches
 from app.runner import GenerationRequest, expand_jobs, run_generation
 
 CPU = ExecutionOptions(device="cpu")
+CACHE = PipelineCache()  # one resident tiny pipeline for the whole file: tests reuse it as suites do
 
 
 def gen(tmp_path, **kw):
     base = dict(weights="tiny", execution=CPU, height=64, width=64, steps=3, output_dir=str(tmp_path / "out"),
                 prompts=["a red fox"], export_metrics=str(tmp_path / "m.json"))
     base.update(kw)
-    return run_generation(GenerationRequest(**base), log=lambda *_: None, reuse=True)
+    return run_generation(GenerationRequest(**base), log=lambda *_: None, cache=CACHE)
 
 
 def pixels(path):
@@ -41,14 +42,10 @@ def test_each_scheduler_is_applied_and_changes_the_image(tmp_path, name):
 
 
 def test_scheduler_kwargs_reach_the_scheduler(tmp_path):
-    from app.pipeline import _CACHE
-
     gen(tmp_path, scheduler="dpm++-karras")
-    pipe = next(iter(_CACHE.values()))[0]
-    assert pipe.scheduler.config.use_karras_sigmas is True
+    assert CACHE.pipeline.scheduler.config.use_karras_sigmas is True
     gen(tmp_path, scheduler="dpm-sde")
-    pipe = next(iter(_CACHE.values()))[0]
-    assert pipe.scheduler.config.algorithm_type == "sde-dpmsolver++"
+    assert CACHE.pipeline.scheduler.config.algorithm_type == "sde-dpmsolver++"
 
 
 def test_flow_scheduler_on_transformer_family(tmp_path):
@@ -63,9 +60,9 @@ def test_other_families_generate(tmp_path, variant):
     assert m["images"] == 1 and Image.open(m["files"][0]).size == (64, 64)
     assert m["config"]["family"] in ("sd2", "sdxl", "pixart-alpha", "pixart-sigma")
     if variant.startswith("pixart"):  # T5 text encoder fed by the locally built tokenizer
-        from app.pipeline import _CACHE
-
-        assert type(next(iter(_CACHE.values()))[0].text_encoder).__name__ == "T5EncoderModel"
+        assert type(CACHE.pipeline.text_encoder).__name__ == "T5EncoderModel"
+    # Every family is timed step by step and phase by phase (PixArt through diffusers' older callback).
+    assert len(m["per_step_s"][0]) >= 3 and all(m["phases_s"][p] > 0 for p in ("text_encode", "denoise", "vae_decode"))
 
 
 def test_refiner_uses_init_image(tmp_path):
@@ -121,6 +118,10 @@ def test_phase_events_file(tmp_path, monkeypatch):
     phases = {(e["phase"], e["event"]) for e in lines}
     assert {("text_encode", "start"), ("vae_decode", "end"), ("denoise_step", "end"), ("save", "end")} <= phases
     assert sum(1 for e in lines if e["phase"] == "denoise_step" and e["event"] == "end") == 3
+    # One span per phase and step, none overlapping, though guidance calls the text encoder twice.
+    leaves = [(e["event"], e["phase"]) for e in lines if e["phase"] in ("text_encode", "denoise_step", "vae_decode")]
+    assert leaves == [("start", "text_encode"), ("end", "text_encode"), *[("start", "denoise_step"),
+                      ("end", "denoise_step")] * 3, ("start", "vae_decode"), ("end", "vae_decode")]
     assert all(b["mono_s"] >= a["mono_s"] for a, b in zip(lines, lines[1:], strict=False))
 
 
@@ -168,11 +169,9 @@ def test_batch_size_auto_runs(tmp_path):
 
 
 def test_execution_options_are_applied(tmp_path):
-    from app.pipeline import _CACHE
-
     m = gen(tmp_path, execution=ExecutionOptions(device="cpu", attention="slicing", vae_slicing=True,
                                                  vae_tiling=True, channels_last=True))
-    pipe = next(iter(_CACHE.values()))[0]
+    pipe = CACHE.pipeline
     assert pipe.vae.use_slicing and pipe.vae.use_tiling
     assert pipe.unet.conv_in.weight.is_contiguous(memory_format=__import__("torch").channels_last)
     assert m["config"]["attention"] == "slicing"
