@@ -9,7 +9,9 @@ Needs no torch and no GPU. The same API serves the CLI (``python -m power_modeli
 from .features import feature_table
 from .io import DataError, load_runs
 from .models import CrossWorkloadModel, FGCSModel, PhysicalModel, leave_one_workload_out
+from .phase_policy import compare_phase_policies
 from .selection import choose_all, choose_clock, evaluate_guided, guided_choice
 
 __all__ = ["load_runs", "feature_table", "DataError", "FGCSModel", "PhysicalModel", "CrossWorkloadModel",
-           "leave_one_workload_out", "choose_clock", "choose_all", "guided_choice", "evaluate_guided"]
+           "leave_one_workload_out", "choose_clock", "choose_all", "guided_choice", "evaluate_guided",
+           "compare_phase_policies"]

@@ -136,6 +136,8 @@ def flag_runs(runs: pd.DataFrame) -> pd.Series:
 
     * ``warmup``: marked as warm-up by the launcher (or a ``warmup`` column of a reference CSV);
     * ``clock mismatch``: the SM clock during the work was not the target (the lock did not apply);
+    * ``phase-clock policy``: the clock followed the app's phases (``--phase-clocks``), so the run is
+      no measurement of one clock; ``phase_policy.compare_phase_policies`` judges it;
     * ``cold start``: the first measured run of a job, more than 1.3x slower than the median of the
       other runs at its clock (model load, autotuning and caches land on it, and on the reference clock);
     * ``bad repeat``: with 3+ runs at a clock, a run whose time or power is off the clock's median by
@@ -146,6 +148,8 @@ def flag_runs(runs: pd.DataFrame) -> pd.Series:
         reason[runs["warmup"].fillna(False).astype(bool)] = "warmup"
     if "clock_mismatch" in runs:
         reason[(reason == "") & runs["clock_mismatch"].fillna(False).astype(bool)] = "clock mismatch"
+    if "phase_policy" in runs:  # measured under a per-phase policy: compared apart (power_modeling.phase_policy)
+        reason[(reason == "") & (runs["phase_policy"].fillna("") != "")] = "phase-clock policy"
     live = runs[reason == ""]
     if live.empty:
         return reason

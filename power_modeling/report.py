@@ -30,6 +30,7 @@ from sd_energy_contract.phases import CONTAINER_PHASES, LEAF_PHASES
 
 from .features import GROUP, flag_runs, usable_mask
 from .models import fit_physical, physical_fit_table
+from .phase_policy import compare_phase_policies
 from .selection import choose_all, choose_clock, pct_text, smooth_curves
 
 SYNTHETIC_NOTE = ("SYNTHETIC DATA: these results come from the simulated GPU backend (a documented model, "
@@ -952,6 +953,11 @@ def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: 
                "noisy_groups": int(table["noisy"].sum()), "objective": objective, "max_slowdown": max_slowdown,
                "choose_on": choose_on, "verdicts": main["verdict"].value_counts().to_dict()}
     summary["guided"] = guided_results(runs)
+    policies = compare_phase_policies(runs, table, objective, max_slowdown)
+    if len(policies):
+        files["phase_policies"] = out / "phase_policies.csv"
+        policies.to_csv(files["phase_policies"], index=False)
+        summary["phase_policies"] = policies.to_dict("records")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     doc = _document(summary, main, all_choices, table, fit_table, figures, few)
     (out / "report.md").write_text(_markdown(doc, pngs))
@@ -991,6 +997,8 @@ def _document(summary: dict, main: pd.DataFrame, all_choices: pd.DataFrame, tabl
     doc.append(("table", objectives_table(all_choices)))
     for source, g in summary.get("guided", {}).items():
         doc += _guided_blocks(source, g)
+    if summary.get("phase_policies"):
+        doc += _phase_policy_blocks(pd.DataFrame(summary["phase_policies"]), name)
     for key, (_, title, caption) in figures.items():
         doc.append(("h2", title))
         doc.append(("img", key, caption))
@@ -1028,6 +1036,34 @@ def _document(summary: dict, main: pd.DataFrame, all_choices: pd.DataFrame, tabl
     else:
         doc.append(("p", "none"))
     return doc
+
+
+def _phase_policy_blocks(policies: pd.DataFrame, name: str) -> list[tuple]:
+    """Each per-phase clock policy against the best single clock and the max clock."""
+    blocks: list[tuple] = [("h2", "Per-phase clocks vs the best single clock"),
+                           ("p", f"Runs whose clock followed the app's phases (--phase-clocks) are no measurement of "
+                                 f"one clock: they are left out of the per-clock statistics and compared here with the "
+                                 f"clock chosen above. Saved = less {name} / energy than that clock (positive = the "
+                                 f"policy is better), with 95 % intervals on the workload's run-to-run noise.")]
+    sentences, shown = [], []
+    for r in policies.itertuples():
+        if not np.isfinite(float(r.best_clock_mhz)):
+            sentences.append(f"{r.workload}: policy {r.policy}: no single-clock sweep of this workload to compare with.")
+            continue
+        vs_best = pct_text(r.objective_vs_best_pct, r.objective_vs_best_lo_pct, r.objective_vs_best_hi_pct)
+        energy = pct_text(r.energy_vs_best_pct, r.energy_vs_best_lo_pct, r.energy_vs_best_hi_pct)
+        slower = pct_text(r.slowdown_vs_best_pct, r.slowdown_vs_best_lo_pct, r.slowdown_vs_best_hi_pct)
+        sentences.append(f"{r.workload} on {r.gpu}: policy {r.policy}: {r.verdict} ({r.best_clock_mhz:.0f} MHz): "
+                         f"{name} saved {vs_best}, energy saved {energy}, slowdown {slower} ({r.n_runs} runs).")
+        shown.append({"workload": r.workload, "GPU": r.gpu, "policy": r.policy, "runs": r.n_runs,
+                      "best single clock (MHz)": f"{r.best_clock_mhz:.0f}", f"{name} saved vs it": vs_best,
+                      "energy saved vs max clock": pct_text(r.energy_vs_max_pct, r.energy_vs_max_lo_pct,
+                                                            r.energy_vs_max_hi_pct),
+                      "slowdown vs max clock": _num(r.slowdown_vs_max_pct, ".1f") + " %", "verdict": r.verdict})
+    blocks.append(("list", sentences))
+    if shown:
+        blocks.append(("table", pd.DataFrame(shown)))
+    return blocks
 
 
 def guided_results(runs: pd.DataFrame) -> dict[str, dict]:

@@ -217,3 +217,32 @@ def test_simulated_clock_change_is_seen_at_once_by_another_instance():
     a.reset_clocks()
     assert b.current_sm_clock_mhz() == 1785
     assert open_backend("simulated", 0, "H100", announce=lambda m: None).visible_devices() == [0]
+
+
+def test_a_phase_policy_is_compared_with_the_best_single_clock_not_pooled_with_its_clock(tmp_path):
+    from power_modeling import compare_phase_policies, feature_table, load_runs
+    from power_modeling.report import build_report
+
+    quiet = {"backend": "simulated", "gpu_type": "H100", "sampling_interval_ms": 10, "log": lambda *a, **k: None}
+    plain = sweep(PhasedWorkload(0.03), clocks=[1785, 1395, 990], runs=2, output_dir=tmp_path / "plain", **quiet)
+    policy = sweep(PhasedWorkload(0.03), clocks=[1785], runs=2, output_dir=tmp_path / "policy",
+                   phase_clocks="denoise=1395,vae_decode=990,text_encode=990", **quiet)
+    runs = load_runs([plain.path, policy.path])
+    runs["workload"] = "phased"  # the same work in both directories
+    table = feature_table(runs)
+    at_max = table[table["sm_clock_mhz"] == 1785].iloc[0]
+    assert at_max["n_runs"] == 2 and "phase-clock policy:2" in at_max["excluded_runs"]  # not pooled with 1785 MHz
+    cmp = compare_phase_policies(runs, table, objective="energy", max_slowdown=None)
+    assert len(cmp) == 1
+    r = cmp.iloc[0]
+    assert r["policy"] == "denoise_step=1395,text_encode=990,vae_decode=990" and r["n_runs"] == 2
+    best = table[table["sm_clock_mhz"] == r["best_clock_mhz"]].iloc[0]
+    mine = runs[runs["phase_policy"] != ""]
+    assert r["energy_vs_best_pct"] == pytest.approx(100 * (1 - mine["energy_j"].mean() / best["energy_j_mean"]))
+    assert r["energy_vs_best_lo_pct"] <= r["energy_vs_best_pct"] <= r["energy_vs_best_hi_pct"]
+    # The simulated work takes as long at any clock, so the lowest clock is cheapest; the policy runs part at 1785.
+    assert r["best_clock_mhz"] == 990 and r["verdict"] == "worse than the best single clock"
+    assert r["energy_vs_max_pct"] > 0  # but it beats the max clock
+    files = build_report(runs, table, tmp_path / "report", objective="energy", max_slowdown=None)
+    assert "Per-phase clocks vs the best single clock" in files["markdown"].read_text()
+    assert files["phase_policies"].exists()
