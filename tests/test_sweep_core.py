@@ -246,3 +246,45 @@ def test_a_phase_policy_is_compared_with_the_best_single_clock_not_pooled_with_i
     files = build_report(runs, table, tmp_path / "report", objective="energy", max_slowdown=None)
     assert "Per-phase clocks vs the best single clock" in files["markdown"].read_text()
     assert files["phase_policies"].exists()
+
+
+TINY = "--weights tiny --height 64 --width 64 --steps 4 --num-images 2 --batch-size 2 --no-save-images"
+IN_PROCESS = ["-m", "profiling.launch", "--in-process", "--profiling-tool", "simulated", "--gpu-type", "A100",
+              "--profiling-mode", "custom", "--num-runs", "1", "--sleep-interval", "0", "--idle-seconds", "0",
+              "--sampling-interval", "10", "--app-params", TINY]
+
+
+def test_in_process_sweep_of_the_tiny_app_writes_the_process_mode_rows(tmp_path):
+    out = tmp_path / "res"
+    p = run_py(*IN_PROCESS, "--custom-frequencies", "1410,705", "--warmup-runs", "1", "--output-dir", str(out))
+    assert p.returncode == 0, p.stderr + p.stdout
+    df = pd.read_csv(out / "runs.csv")
+    assert list(df.columns) == RUNS_COLUMNS  # the same columns as process mode (test_launcher)
+    assert set(df["mode"]) == {"in-process"} and set(df["status"]) == {"ok"} and len(df) == 4
+    measured = df[df["warmup"] == 0].set_index("sm_clock_target_mhz")
+    assert (measured["images"] == 2).all() and set(measured["app_model_variant"]) == {"sd-v1.5"}
+    assert measured.loc[705, "work_avg_power_w"] < measured.loc[1410, "work_avg_power_w"]
+    phases = json.loads(measured.loc[1410, "phase_energy_json"])
+    assert {"text_encode", "denoise_step", "vae_decode"} <= set(phases) and "load" not in phases  # loaded once, before
+    for rid in df["run_id"]:
+        for sub, ext in (("samples", "csv"), ("apps", "json"), ("events", "jsonl")):
+            assert (out / sub / f"{rid}.{ext}").exists(), (sub, rid)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["run_mode"] == "in-process" and manifest["app_command"][0] == "in-process:stable-diffusion"
+
+
+def test_phase_clocks_with_the_tiny_app(tmp_path):
+    out = tmp_path / "res"
+    p = run_py(*IN_PROCESS, "--custom-frequencies", "1410", "--phase-clocks", "denoise=1005,vae_decode=705",
+               "--output-dir", str(out))
+    assert p.returncode == 0, p.stderr + p.stdout
+    events = [json.loads(x) for x in (out / "events" / "f1410_r00.jsonl").read_text().splitlines()]
+    switches = [(e["phase"], e["mhz"]) for e in events if e["event"] == "clock"]
+    assert ("denoise_step", 1005) in switches and ("vae_decode", 705) in switches
+    assert switches[-1][1] == 1410  # back at the run's clock (at 'save', or at the run's end)
+    # Each switch comes right before its phase starts: the next event is that phase's start.
+    for i, e in enumerate(events):
+        if e["event"] == "clock" and e["phase"] != "end":
+            assert events[i + 1]["event"] == "start" and events[i + 1]["phase"] == e["phase"]
+    row = pd.read_csv(out / "runs.csv").iloc[0]
+    assert json.loads(row["phase_clocks"])["policy"] == {"denoise_step": 1005, "vae_decode": 705}
