@@ -7,6 +7,7 @@ come from a local directory (``save_pretrained`` layout, safetensors); nothing i
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -28,6 +29,12 @@ class ClipScorer:
         img = torch.nn.functional.normalize(out.image_embeds, dim=-1)
         txt = torch.nn.functional.normalize(out.text_embeds, dim=-1)
         return (100 * (img * txt).sum(-1)).clamp(min=0).tolist()
+
+
+@functools.lru_cache(maxsize=2)
+def clip_scorer(path: str) -> ClipScorer:
+    """One scorer per CLIP directory per process: suites score every run, and loading CLIP costs more than scoring."""
+    return ClipScorer(path)
 
 
 def check_clip_path(path: str) -> str | None:

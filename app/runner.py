@@ -228,9 +228,9 @@ class Generation:
         metrics["flops_per_image"] = flops_per_image(pipeline_configs(wl.pipe), self.variant.family, r.height,
                                                      r.width, r.steps, r.guidance_scale)
         if r.clip_model:
-            from .quality import ClipScorer
+            from .quality import clip_scorer
 
-            scores = ClipScorer(r.clip_model).score(self.images, [self.prefix + p for p, _ in self.jobs])
+            scores = clip_scorer(r.clip_model).score(self.images, [self.prefix + p for p, _ in self.jobs])
             metrics["clip_score"] = {"per_image": scores, "mean": sum(scores) / len(scores), "model": r.clip_model}
         if metrics["flops_per_image"] and metrics["generation_s"]:
             metrics["achieved_tflops"] = metrics["flops_per_image"] * metrics["images"] / metrics["generation_s"] / 1e12

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 
@@ -16,11 +17,21 @@ def rows(path):
         return list(csv.DictReader(fh))
 
 
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory):
+    from app.quality import build_tiny_clip
+
+    return build_tiny_clip(tmp_path_factory.mktemp("clip") / "clip")
+
+
 @pytest.mark.parametrize("kind, n_cases", [("speed", 2), ("quality", 3), ("memory_stress", 6),
                                            ("artistic_styles", 6), ("energy_research", 6)])
-def test_benchmark_types(tmp_path, kind, n_cases):
+def test_benchmark_types(tmp_path, kind, n_cases, monkeypatch, request):
+    events = tmp_path / "ev.jsonl"
+    monkeypatch.setenv("SD_ENERGY_EVENTS_FILE", str(events))
+    clip = ["--clip-model", str(request.getfixturevalue("tiny_clip"))] if kind == "quality" else []
     rc = main([*SMALL, "--benchmark", "--benchmark-type", kind, "--benchmark-runs", "2",
-               "--output-dir", str(tmp_path)])
+               "--output-dir", str(tmp_path), "--export-metrics", str(tmp_path / "m.json"), *clip])
     assert rc == 0
     table = rows(tmp_path / f"benchmark_{kind}.csv")
     assert len(table) == n_cases
@@ -28,8 +39,15 @@ def test_benchmark_types(tmp_path, kind, n_cases):
         assert r["runs"] == "2" and float(r["images_per_s_mean"]) > 0 and r["images_per_s_cv"] != ""
     if kind == "memory_stress":
         assert {r["batch_size"] for r in table} >= {"1", "2", "4", "8"} and {"96", "128"} <= {r["height"] for r in table}
-    if kind == "quality":
+    if kind == "quality":  # the CLIP scores computed for each run stay in the table
         assert [r["steps"] for r in table] == ["1", "2", "4"]
+        assert all(0 <= float(r["clip_score_mean"]) <= 100 for r in table)
+    # --export-metrics holds the suite's rows and totals; the first case ran warm.
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert len(metrics["suites"][kind]) == n_cases
+    assert metrics["images"] == sum(int(r["images"]) * 2 for r in table)
+    phases = [e["phase"] for e in map(json.loads, events.read_text().splitlines()) if e["event"] == "start"]
+    assert phases.index("warmup") < phases.index("batch")
 
 
 def test_scheduler_comparison_covers_every_fitting_scheduler(tmp_path):
@@ -57,8 +75,6 @@ def test_compare_models_writes_every_file(tmp_path):
     assert {r["seed"] for r in table if r["prompt"] == "a blue car"} == {"1"}
     for r in table:
         assert (root / r["file"]).exists() and r["height"] == "64"
-    import json
-
     cfg = json.loads((root / "generation_config.json").read_text())
     assert cfg["mode"].startswith("bench") and cfg["models"]["sdxl"]["flops_per_image"] > 0
     assert cfg["models"]["sd-v1.5"]["model_id"].endswith("stable-diffusion-v1-5")
@@ -66,9 +82,25 @@ def test_compare_models_writes_every_file(tmp_path):
         assert info["peak_memory_mib"] > 0 and info["total_s"] > 0
 
 
-def test_compare_models_keep_loaded(tmp_path):
-    rc = main([*SMALL, "--compare-models", "sd-v1.5,sd-v2.1", "--keep-loaded", "--output-dir", str(tmp_path)])
-    assert rc == 0
+def test_compare_models_keep_loaded_relative_dir_under_the_launcher(tmp_path, monkeypatch):
+    """The README's example as written (default relative output dir), as the launcher runs it: phase events,
+    the simulated clock's step dilation and the metrics file, as in a plain run."""
+    from profiling.backends import simulated
+
+    dilated = []
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SD_ENERGY_EVENTS_FILE", str(tmp_path / "ev.jsonl"))
+    monkeypatch.setenv("SD_ENERGY_METRICS_FILE", str(tmp_path / "m.json"))
+    monkeypatch.setenv("SD_ENERGY_SIMULATED_STATE", str(tmp_path / "h100-0.json"))
+    monkeypatch.setattr(simulated.StepDilation, "from_env", classmethod(lambda cls: dilated.append))
+    assert main([*SMALL, "--compare-models", "sd-v1.5,sd-v2.1", "--keep-loaded"]) == 0
+    (root,) = (tmp_path / "outputs").iterdir()
+    assert len(rows(root / "comparison.csv")) == 2 and len(list(root.glob("*.png"))) == 2
+    starts = [e["phase"] for e in map(json.loads, (tmp_path / "ev.jsonl").read_text().splitlines())
+              if e["event"] == "start"]
+    assert starts.count("load") == 2 and starts.count("batch") == 2 and starts.count("denoise_step") >= 2 * 2 * 2
+    assert len(dilated) == starts.count("denoise_step")  # warm-up and measured steps alike
+    assert json.loads((tmp_path / "m.json").read_text())["images"] == 2
 
 
 @pytest.mark.parametrize("args, expect", [
@@ -81,11 +113,13 @@ def test_compare_models_bad_input(capsys, tmp_path, args, expect):
     assert not any(tmp_path.iterdir())
 
 
-def test_icon_benchmark_quick_and_gallery(tmp_path):
-    assert main([*SMALL, "--benchmark", "--benchmark-type", "icons", "--quick", "--output-dir", str(tmp_path)]) == 0
-    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png"))
+def test_icon_benchmark_quick_and_gallery_relative_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the README's example as written: the default, relative, output dir
+    assert main([*SMALL, "--benchmark", "--benchmark-type", "icons", "--quick"]) == 0
+    out = tmp_path / "outputs"
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert files == ["flat-design-icons/bank-transfer-icon.png", "flat-design-icons/minimal-fintech-payment-icon.png"]
-    gallery = (tmp_path / "gallery.html").read_text()
+    gallery = (out / "gallery.html").read_text()
     assert 'src="flat-design-icons/bank-transfer-icon.png"' in gallery and " s</td>" in gallery
 
 
@@ -94,8 +128,6 @@ def test_icon_benchmark_full_grid(tmp_path):
     assert len(list(tmp_path.rglob("*.png"))) == 15
     table = rows(tmp_path / "comparison.csv")
     assert {r["model"] for r in table} == {"flat-design-icons", "sd-logo", "fantassified-icons"}
-    import json
-
     from PIL import Image
     prompt = json.loads(Image.open(tmp_path / "sd-logo" / "premium-investment-logo.png").text["parameters"])["prompt"]
     assert prompt.startswith("flat vector icon,") and prompt.endswith("premium investment logo")
