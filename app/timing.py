@@ -41,9 +41,8 @@ class PhaseRecorder:
         self.device = device
         self.on_phase = on_phase
         self.totals_s: dict[str, float] = defaultdict(float)
-        # Line-buffered append: each event reaches the file as one whole line, in order with the
-        # lines an in-process launcher appends to the same file from ``on_phase``.
-        self._events = open(events_path, "a", buffering=1) if events_path else None  # noqa: SIM115
+        self._events_path = events_path
+        self._events = None  # opened at the first event: a request refused by its checks leaves no file
 
     @classmethod
     def from_env(cls, device: str) -> PhaseRecorder:
@@ -56,7 +55,11 @@ class PhaseRecorder:
         if event == "start" and self.on_phase is not None:
             self.on_phase(event, phase)
         now = time.monotonic()
-        if self._events is not None:
+        if self._events_path is not None:
+            if self._events is None:
+                # Line-buffered append: each event reaches the file as one whole line, in order with
+                # the lines an in-process launcher appends to the same file from ``on_phase``.
+                self._events = open(self._events_path, "a", buffering=1)  # noqa: SIM115
             self._events.write(json.dumps({"event": event, "phase": phase, "mono_s": now, **extra}) + "\n")
         if event == "end" and self.on_phase is not None:
             self.on_phase(event, phase)
@@ -80,6 +83,7 @@ class PhaseRecorder:
             self.end(name, t0, **extra)
 
     def close(self) -> None:
+        """Close the events file; a later event opens it again (appending)."""
         if self._events is not None:
             self._events.close()
             self._events = None

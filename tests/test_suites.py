@@ -10,6 +10,7 @@ import pytest
 from app.cli import main
 
 SMALL = ["--height", "64", "--width", "64", "--steps", "2", "--weights", "tiny", "--device", "cpu", "-q"]
+SMALLEST = [*SMALL, "--height", "32", "--width", "32"]  # where the size is not what is tested
 
 
 def rows(path):
@@ -66,7 +67,7 @@ def test_multi_resolution(tmp_path):
 # --------------------------------------------------------------------------- model comparison and icons
 
 def test_compare_models_writes_every_file(tmp_path):
-    rc = main([*SMALL, "--compare-models", "sd-v1.5,sd-v2.1,sdxl", "--prompt", "a red fox", "--prompt", "a blue car",
+    rc = main([*SMALLEST, "--compare-models", "sd-v1.5,sd-v2.1,sdxl", "--prompt", "a red fox", "--prompt", "a blue car",
                "--output-dir", str(tmp_path)])
     assert rc == 0
     (root,) = [p for p in tmp_path.iterdir() if p.is_dir()]  # outputs/<timestamp>/
@@ -74,7 +75,7 @@ def test_compare_models_writes_every_file(tmp_path):
     assert len(table) == 6 and {r["model"] for r in table} == {"sd-v1.5", "sd-v2.1", "sdxl"}
     assert {r["seed"] for r in table if r["prompt"] == "a blue car"} == {"1"}
     for r in table:
-        assert (root / r["file"]).exists() and r["height"] == "64"
+        assert (root / r["file"]).exists() and r["height"] == "32"
     cfg = json.loads((root / "generation_config.json").read_text())
     assert cfg["mode"].startswith("bench") and cfg["models"]["sdxl"]["flops_per_image"] > 0
     assert cfg["models"]["sd-v1.5"]["model_id"].endswith("stable-diffusion-v1-5")
@@ -93,7 +94,7 @@ def test_compare_models_keep_loaded_relative_dir_under_the_launcher(tmp_path, mo
     monkeypatch.setenv("SD_ENERGY_METRICS_FILE", str(tmp_path / "m.json"))
     monkeypatch.setenv("SD_ENERGY_SIMULATED_STATE", str(tmp_path / "h100-0.json"))
     monkeypatch.setattr(simulated.StepDilation, "from_env", classmethod(lambda cls: dilated.append))
-    assert main([*SMALL, "--compare-models", "sd-v1.5,sd-v2.1", "--keep-loaded"]) == 0
+    assert main([*SMALLEST, "--compare-models", "sd-v1.5,sd-v2.1", "--keep-loaded"]) == 0
     (root,) = (tmp_path / "outputs").iterdir()
     assert len(rows(root / "comparison.csv")) == 2 and len(list(root.glob("*.png"))) == 2
     starts = [e["phase"] for e in map(json.loads, (tmp_path / "ev.jsonl").read_text().splitlines())
@@ -115,7 +116,7 @@ def test_compare_models_bad_input(capsys, tmp_path, args, expect):
 
 def test_icon_benchmark_quick_and_gallery_relative_dir(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the README's example as written: the default, relative, output dir
-    assert main([*SMALL, "--benchmark", "--benchmark-type", "icons", "--quick"]) == 0
+    assert main([*SMALLEST, "--benchmark", "--benchmark-type", "icons", "--quick"]) == 0
     out = tmp_path / "outputs"
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png"))
     assert files == ["flat-design-icons/bank-transfer-icon.png", "flat-design-icons/minimal-fintech-payment-icon.png"]
@@ -124,7 +125,7 @@ def test_icon_benchmark_quick_and_gallery_relative_dir(tmp_path, monkeypatch):
 
 
 def test_icon_benchmark_full_grid(tmp_path):
-    assert main([*SMALL, "--benchmark", "--benchmark-type", "icons", "--output-dir", str(tmp_path)]) == 0
+    assert main([*SMALLEST, "--benchmark", "--benchmark-type", "icons", "--output-dir", str(tmp_path)]) == 0
     assert len(list(tmp_path.rglob("*.png"))) == 15
     table = rows(tmp_path / "comparison.csv")
     assert {r["model"] for r in table} == {"flat-design-icons", "sd-logo", "fantassified-icons"}
