@@ -16,8 +16,10 @@ from profiling.cli_support import config_option, run_cli
 from sd_energy_contract.errors import InputError
 
 from . import models, schedulers
-from .pipeline import ATTENTION_CHOICES, ExecutionOptions
+from .models import ModelVariant
+from .pipeline import ATTENTION_CHOICES, ExecutionOptions, PipelineCache
 from .runner import GenerationRequest
+from .timing import PhaseRecorder
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 
@@ -144,7 +146,7 @@ def cli(**o):
         log(f"{variant.key} {resolved.height}x{resolved.width}, {resolved.steps} steps, guidance "
             f"{resolved.guidance_scale}: {sum(r['flops_per_image'] for r in rows) / 1e12:.3f} TFLOPs per image")
         return 0
-    if o["compare_models"] or o["harness"] or o["benchmark"] or o["scheduler_comparison"] or o["multi_resolution"]:
+    if any(o[k] for k in MODE_OPTIONS):  # the informational ones have returned above
         return _run_mode(o, req, resolved, variant, log)
     m = run_generation(req, log=log)
     c = m["config"]
@@ -199,29 +201,24 @@ def parse_options(argv: list[str]) -> dict:
         raise InputError("arguments", " ".join(argv), exc.format_message()) from None
 
 
-def _run_mode(o: dict, req: GenerationRequest, resolved: GenerationRequest, variant, log) -> int:
+def _run_mode(o: dict, req: GenerationRequest, resolved: GenerationRequest, variant: ModelVariant, log) -> int:
     """Model comparison, the icon benchmark, the harness, the suites: one events file (the launcher's,
     if any) and one pipeline cache for the whole invocation."""
     from . import suites
-    from .pipeline import PipelineCache
     from .runner import launcher_metrics_file, metrics_targets
-    from .timing import PhaseRecorder
 
     out = Path(o["output_dir"])
     explicit = frozenset(_given(("height", "width", "steps", "guidance_scale", "scheduler")))
     targets = metrics_targets(req.export_metrics, launcher_metrics_file())
-    if o["compare_models"]:
-        from .compare import parse_models, timestamped
-
-        models = parse_models(o["compare_models"])  # checked before the recorder creates the events file
     recorder = PhaseRecorder.from_env(resolved.execution.device)
     cache = PipelineCache()
     try:
         if o["compare_models"]:
-            from .compare import compare_models
+            from .compare import compare_models, parse_models, timestamped
 
+            names = parse_models(o["compare_models"])
             root = timestamped(out)
-            compare_models(models, req, root, o["keep_loaded"], explicit=explicit, log=log, recorder=recorder,
+            compare_models(names, req, root, o["keep_loaded"], explicit=explicit, log=log, recorder=recorder,
                            metrics=targets)
             log(f"comparison: {root}/comparison.csv, {root}/generation_config.json")
         elif o["benchmark"] and o["benchmark_type"] == "icons":
@@ -251,8 +248,8 @@ def _given(names: tuple[str, ...]) -> list[str]:
     return [n for n in names if ctx.get_parameter_source(n) in (ParameterSource.COMMANDLINE, ParameterSource.DEFAULT_MAP)]
 
 
-def _run_harness(o: dict, req: GenerationRequest, resolved: GenerationRequest, variant, out: Path, log, recorder,
-                 cache) -> int:
+def _run_harness(o: dict, req: GenerationRequest, resolved: GenerationRequest, variant: ModelVariant, out: Path, log,
+                 recorder: PhaseRecorder, cache: PipelineCache) -> int:
     from . import harness
     from .runner import load, request_generator
 

@@ -385,8 +385,8 @@ def run_config(r: GenerationRequest, variant: ModelVariant, wl: LoadedWorkload, 
     }
 
 
-def build_metrics(r: GenerationRequest, variant: ModelVariant, wl, results, batch_size: int, started,
-                  files: list[str], outside_batches_s: dict[str, float]) -> dict:
+def build_metrics(r: GenerationRequest, variant: ModelVariant, wl: LoadedWorkload, results: list[BatchResult],
+                  batch_size: int, started: datetime, files: list[str], outside_batches_s: dict[str, float]) -> dict:
     """The app metrics JSON (see docs/ARCHITECTURE.md); phases cover measured batches plus load/warm-up/save."""
     n_images = sum(len(res.images) for res in results)
     total_s = sum(res.latency_s for res in results)
