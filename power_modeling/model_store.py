@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import io
 import json
-import os
 import zipfile
 from functools import lru_cache
 from pathlib import Path
+
+from sd_energy_contract.files import write_atomic
 
 from .io import DataError
 from .models import CrossWorkloadModel
@@ -65,13 +67,9 @@ def save_model(model: CrossWorkloadModel, path: str | Path, metadata: dict | Non
     meta.setdefault("features", list(model.feature_names_))
     payload = {"format": FORMAT, "format_version": FORMAT_VERSION, "metadata": meta, "model": model}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        sio.dump(payload, tmp, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buf = io.BytesIO()
+    sio.dump(payload, buf, compression=zipfile.ZIP_DEFLATED, compresslevel=9)
+    write_atomic(path, buf.getvalue())
     return path
 
 
