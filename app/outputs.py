@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -33,9 +34,9 @@ def write_json_atomic(path: Path, data) -> None:
 def save_png(image, path: Path, parameters: dict) -> None:
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", json.dumps(parameters, default=str))
-    tmp = path.with_name(f".{path.name}.tmp")
-    image.save(tmp, format="PNG", pnginfo=info)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    write_atomic(path, buf.getvalue())
 
 
 def check_writable_dir(path: Path) -> str | None:

@@ -1,7 +1,8 @@
 """The app's instrumented generation vs a plain diffusers call on the same pipeline, same steps and seed.
 
 Runs both alternately in one process (so drift hits both equally) and reports the median of each
-and their ratio. The instrumentation is the per-step callback, the phase wrappers and the events file.
+and their ratio. The instrumentation is the per-step callback object, the forward pre-hooks that mark
+the phases (registered for one call, removed after it) and the events file.
 
     .venv/bin/python benchmarks/bench_app_overhead.py --size 256 --steps 20 --repeats 15
 """
@@ -45,7 +46,7 @@ def main() -> None:
     def plain():
         g = [torch.Generator(wl.device).manual_seed(i) for i in range(args.batch)]
         t0 = time.perf_counter()
-        # The unwrapped methods: what a user of plain diffusers runs.
+        # What a user of plain diffusers runs: no callback, no hooks (the app's are removed after each call).
         with torch.inference_mode():
             type(pipe).__call__(pipe, prompt=prompts, height=args.size, width=args.size,
                                 num_inference_steps=args.steps, guidance_scale=7.5, generator=g)
@@ -57,24 +58,11 @@ def main() -> None:
         gen.run_batch(prompts, None, args.size, args.size, args.steps, 7.5, list(range(args.batch)))
         return time.perf_counter() - t0
 
-    wrapped = (pipe.encode_prompt, pipe.vae.decode)
-
-    def unwrap():
-        pipe.encode_prompt = type(pipe).encode_prompt.__get__(pipe)
-        pipe.vae.decode = type(pipe.vae).decode.__get__(pipe.vae)
-
-    def rewrap():
-        pipe.encode_prompt, pipe.vae.decode = wrapped
-
-    unwrap()  # warm-up both paths
-    plain()
-    rewrap()
+    plain()  # warm-up both paths
     app()
     t_plain, t_app = [], []
     for _ in range(args.repeats):
-        unwrap()
         t_plain.append(plain())
-        rewrap()
         t_app.append(app())
     mp, ma = statistics.median(t_plain), statistics.median(t_app)
     print(f"{args.variant} {args.weights} {args.device} {args.dtype} {args.size}px {args.steps} steps batch {args.batch}, "
