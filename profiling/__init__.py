@@ -5,7 +5,8 @@ The window API is what a researcher imports into their own code::
     from profiling import EnergyMonitor, locked_clock, sweep
 
 Its names are loaded on first use (PEP 562 ``__getattr__``), so ``import profiling.slurm`` or a
-command line's ``--help`` does not pay for numpy and the backends.
+command line's ``--help`` does not pay for numpy and the backends. No submodule may be named like
+an exported name: importing ``profiling.<name>`` would replace the function with the module.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .sweep import sweep
+    from .driver import sweep
     from .window import (
         ClockLock,
         EnergyMonitor,
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 # name -> the module that defines it
 _LAZY = {name: "profiling.window" for name in ("EnergyMonitor", "Measurement", "ShortWindowWarning",
                                                  "SparseSamplesWarning", "ClockLock", "locked_clock")}
-_LAZY["sweep"] = "profiling.sweep"
+_LAZY["sweep"] = "profiling.driver"
 
 __all__ = ["ClockLock", "EnergyMonitor", "Measurement", "ShortWindowWarning", "SparseSamplesWarning", "locked_clock",
            "sweep"]

@@ -27,7 +27,7 @@ from .planning import ClockPlanner, PlannerError, SweepPlan, load_planner
 from .results import ResultsDir
 
 if TYPE_CHECKING:
-    from .sweep import Sweep
+    from .driver import Sweep
 
 # The planner's keyword arguments and the options they come from, for one-line errors.
 PLANNER_OPTIONS = {"model_path": "--guided-model", "max_probes": "--guided-probes", "objective": "--objective",
@@ -106,7 +106,7 @@ def _probe_features(results: ResultsDir, rows: list[dict]) -> dict[str, float]:
     return {k: sum(a[k] for a in per_run if k in a) / sum(k in a for a in per_run) for k in keys}
 
 
-def run_guided(cfg: SweepConfig, planner: ClockPlanner, sweep: Sweep, manifest: dict, log=print) -> int:  # log: see profiling.sweep.Log
+def run_guided(cfg: SweepConfig, planner: ClockPlanner, sweep: Sweep, manifest: dict, log=print) -> int:  # log: see profiling.driver.Log
     """Measure the clocks the planner asks for, one probe (a one-clock sweep) at a time, until it stops.
 
     Each probe is read back from runs.csv, not from memory, so a resumed launch feeds the planner

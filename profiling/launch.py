@@ -1,7 +1,7 @@
 """The launcher's command line (``sample-collection-scripts/launch.sh``, ``python -m profiling.launch``).
 
 Only the options live here: they are parsed into a ``SweepConfig`` (``profiling.config``), and
-``profiling.sweep.execute`` does the rest. The option names are the config's field names, so a
+``profiling.driver.execute`` does the rest. The option names are the config's field names, so a
 ``--config`` YAML file, a SLURM experiment file and Python code describe a sweep the same way.
 """
 
@@ -14,7 +14,7 @@ import click
 from .backends import BACKENDS
 from .cli_support import config_option, run_cli
 from .config import DEFAULT_APP, MODES, SweepConfig
-from .sweep import execute
+from .driver import execute
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})

@@ -1,4 +1,4 @@
-"""Where each run of a sweep comes from. The driver (``profiling.sweep``) locks the clock and
+"""Where each run of a sweep comes from. The driver (``profiling.driver``) locks the clock and
 measures; a run source only produces the run:
 
 * ``AppProcess``: the app (any program) as a child process, one per run (the default). Every run

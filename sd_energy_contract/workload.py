@@ -1,7 +1,7 @@
 """What an in-process workload offers the launcher: load once, then run many measured times.
 
 In process mode the launcher starts the app for every clock x run, and every run reloads the
-model. In-process mode (``launch.sh --in-process``, ``profiling.sweep``) loads it once: the
+model. In-process mode (``launch.sh --in-process``, ``profiling.sweep``, the function) loads it once: the
 launcher finds a workload factory by name through the ``sd_energy.workloads`` entry point (so
 ``profiling`` never imports ``app``), calls ``load()`` once, then ``run(ctx)`` for each clock x
 run with the GPU already at that clock. A run writes the same phase events and metrics JSON as

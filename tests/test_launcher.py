@@ -32,15 +32,15 @@ def rows(out: Path) -> pd.DataFrame:
 
 def test_sweep_with_the_tiny_diffusion_app(tmp_path):
     out = tmp_path / "res"
-    p = launch("--profiling-mode", "custom", "--custom-frequencies", "1410,1005,705", "--num-runs", "1",
-               "--warmup-runs", "1", "--app-params",
+    # Two app processes only (warm-up runs are covered in-process, test_sweep_core): each costs ~8 s here.
+    p = launch("--profiling-mode", "custom", "--custom-frequencies", "1410,705", "--num-runs", "1", "--app-params",
                "--weights tiny --height 64 --width 64 --steps 6 --num-images 2 --batch-size 2 --no-save-images",
                "--output-dir", str(out))
     assert p.returncode == 0, p.stderr + p.stdout
     assert "SIMULATED A100" in p.stdout
     df = rows(out)
     assert list(df.columns) == RUNS_COLUMNS
-    assert len(df) == 6 and set(df["status"]) == {"ok"} and df["warmup"].sum() == 3
+    assert len(df) == 2 and set(df["status"]) == {"ok"} and df["warmup"].sum() == 0
     assert set(df["backend"]) == {"simulated"} and set(df["app_model_variant"]) == {"sd-v1.5"}
     measured = df[df["warmup"] == 0].set_index("sm_clock_target_mhz")
     assert (measured["images"] == 2).all()
@@ -59,7 +59,7 @@ def test_sweep_with_the_tiny_diffusion_app(tmp_path):
     assert "denoise_step" in set(samples["phase"])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["backend"] == "simulated" and manifest["synthetic"] is True
-    assert manifest["clocks_mhz"] == [1410, 1005, 705] and manifest["config_hash"]
+    assert manifest["clocks_mhz"] == [1410, 705] and manifest["config_hash"]
     assert json.loads(state_path("A100", 0).read_text()).get("sm_clock_locked_mhz") is None  # restored
 
 
@@ -224,14 +224,6 @@ def test_resume_flag_finds_the_newest_matching_sweep(tmp_path):
     again = run_py(*BASE, *args, "--resume", cwd=tmp_path)
     assert again.returncode == 0 and f"results: {res}" in again.stdout and "1 of 2 runs already done" in again.stdout
     assert len(list((tmp_path / "results").iterdir())) == 1
-
-
-def test_all_gpus_runs_one_sweep_per_gpu(tmp_path):
-    out = tmp_path / "res"
-    p = launch("--all-gpus", "--profiling-mode", "baseline", "--num-runs", "1", "--app-executable", FAKE,
-               "--app-params", "ok 0.05", "--output-dir", str(out))
-    assert p.returncode == 0, p.stderr
-    assert (out / "gpu0" / "runs.csv").exists()  # the simulated node has one GPU
 
 
 def test_index_sleep_sampling_idle_and_name_options_take_effect(tmp_path):

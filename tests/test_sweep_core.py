@@ -249,18 +249,28 @@ def test_a_phase_policy_is_compared_with_the_best_single_clock_not_pooled_with_i
 
 
 TINY = "--weights tiny --height 64 --width 64 --steps 4 --num-images 2 --batch-size 2 --no-save-images"
-IN_PROCESS = ["-m", "profiling.launch", "--in-process", "--profiling-tool", "simulated", "--gpu-type", "A100",
-              "--profiling-mode", "custom", "--num-runs", "1", "--sleep-interval", "0", "--idle-seconds", "0",
-              "--sampling-interval", "10", "--app-params", TINY]
+IN_PROCESS = ["--in-process", "--profiling-tool", "simulated", "--gpu-type", "A100", "--profiling-mode", "custom",
+              "--num-runs", "1", "--sleep-interval", "0", "--idle-seconds", "0", "--sampling-interval", "10",
+              "--app-params", TINY]
+
+
+def _launch_here(*args: str) -> int:
+    """The launcher's command line in this process: torch and the tiny weights are loaded already by
+    the app tests, so an in-process sweep costs its runs, not another interpreter start."""
+    from profiling import launch
+
+    return launch.main([*IN_PROCESS, *args])
 
 
 def test_in_process_sweep_of_the_tiny_app_writes_the_process_mode_rows(tmp_path):
     out = tmp_path / "res"
-    p = run_py(*IN_PROCESS, "--custom-frequencies", "1410,705", "--warmup-runs", "1", "--output-dir", str(out))
-    assert p.returncode == 0, p.stderr + p.stdout
+    assert "SD_ENERGY_SIMULATED_STATE" not in os.environ
+    assert _launch_here("--custom-frequencies", "1410,705", "--warmup-runs", "1", "--output-dir", str(out)) == 0
+    assert "SD_ENERGY_SIMULATED_STATE" not in os.environ  # the GPU's environment was set for the sweep only
     df = pd.read_csv(out / "runs.csv")
     assert list(df.columns) == RUNS_COLUMNS  # the same columns as process mode (test_launcher)
     assert set(df["mode"]) == {"in-process"} and set(df["status"]) == {"ok"} and len(df) == 4
+    assert list(df["run_id"]) == ["f1410_w00", "f1410_r00", "f0705_w00", "f0705_r00"] and df["warmup"].sum() == 2
     measured = df[df["warmup"] == 0].set_index("sm_clock_target_mhz")
     assert (measured["images"] == 2).all() and set(measured["app_model_variant"]) == {"sd-v1.5"}
     assert measured.loc[705, "work_avg_power_w"] < measured.loc[1410, "work_avg_power_w"]
@@ -275,9 +285,8 @@ def test_in_process_sweep_of_the_tiny_app_writes_the_process_mode_rows(tmp_path)
 
 def test_phase_clocks_with_the_tiny_app(tmp_path):
     out = tmp_path / "res"
-    p = run_py(*IN_PROCESS, "--custom-frequencies", "1410", "--phase-clocks", "denoise=1005,vae_decode=705",
-               "--output-dir", str(out))
-    assert p.returncode == 0, p.stderr + p.stdout
+    assert _launch_here("--custom-frequencies", "1410", "--phase-clocks", "denoise=1005,vae_decode=705",
+                        "--output-dir", str(out)) == 0
     events = [json.loads(x) for x in (out / "events" / "f1410_r00.jsonl").read_text().splitlines()]
     switches = [(e["phase"], e["mhz"]) for e in events if e["event"] == "clock"]
     assert ("denoise_step", 1005) in switches and ("vae_decode", 705) in switches
@@ -288,3 +297,16 @@ def test_phase_clocks_with_the_tiny_app(tmp_path):
             assert events[i + 1]["event"] == "start" and events[i + 1]["phase"] == e["phase"]
     row = pd.read_csv(out / "runs.csv").iloc[0]
     assert json.loads(row["phase_clocks"])["policy"] == {"denoise_step": 1005, "vae_decode": 705}
+
+
+def test_no_profiling_submodule_shadows_an_exported_name():
+    """``profiling.<name>`` as a module would replace the exported function once anything imports it."""
+    import profiling
+
+    clashes = [n for n in profiling.__all__ if (REPO / "profiling" / f"{n}.py").exists()
+               or (REPO / "profiling" / n).is_dir()]
+    assert clashes == []
+    import profiling.driver  # noqa: F401 - importing the module must not change the export
+    from profiling import sweep as exported
+
+    assert callable(exported) and not isinstance(exported, type(profiling))

@@ -216,7 +216,7 @@ def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> 
     device = DeviceInfo(backend.name, backend.device_name(), gpu_type, backend.uuid())
     workload = cfg.app_name if not backend.replays else (cfg.replay_app or cfg.app_name)
     try:
-        with ClockGuard(backend, gpu_type) as guard:
+        with ClockGuard(backend, gpu_type) as guard, _child_environment(backend if cfg.in_process else None):
             source = _source(cfg, backend, guard, policy, workload_obj)
             try:
                 sweep = Sweep(cfg, backend, guard, source, results, device, workload, log)
@@ -241,11 +241,29 @@ def _source(cfg: SweepConfig, backend: GpuBackend, guard: ClockGuard, policy: di
         return Replay(backend)
     if not cfg.in_process:
         return AppProcess(cfg.app_command(), cfg.timeout, backend.child_env())
-    # In this process: the GPU's environment (CUDA_VISIBLE_DEVICES, the simulated GPU's state file) must be in
-    # place before the workload initialises its device.
-    os.environ.update(backend.child_env())
     phase_clocks = PhaseClocks(guard, backend, policy) if policy else None
     return InProcess(lambda: workload_obj or load_workload(DEFAULT_WORKLOAD, cfg.app_args()), phase_clocks)
+
+
+@contextlib.contextmanager
+def _child_environment(backend: GpuBackend | None):
+    """In-process runs: this process is the app, so the GPU's environment (CUDA_VISIBLE_DEVICES, the
+    simulated GPU's state file) is set here, before the workload initialises its device, and put
+    back afterwards so a Python caller's environment is as it was."""
+    if backend is None:
+        yield
+        return
+    wanted = backend.child_env()
+    saved = {k: os.environ.get(k) for k in wanted}
+    os.environ.update(wanted)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _describe_app(cfg: SweepConfig, backend: GpuBackend, workload_obj) -> list[str]:
