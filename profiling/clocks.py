@@ -13,6 +13,7 @@ removed only after the clocks are reset. So every exit path is covered:
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -71,29 +72,49 @@ def lock_holder(backend: GpuBackend) -> dict | None:
 
 
 def stale_records() -> list[dict]:
-    """Lock records on this host whose process is gone."""
+    """Lock records on this host whose process is gone; a record that cannot be read as one comes
+    back with ``unreadable`` set, so the caller can move it aside instead of tripping on it forever."""
     out = []
     for path in sorted(lock_dir().glob("*.json")):
         try:
             rec = json.loads(path.read_text())
-        except (OSError, ValueError):
+            pid = int(rec.get("pid", -1))
+            host = rec.get("host")
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            out.append({"path": str(path), "unreadable": f"not a lock record ({type(exc).__name__})"})
             continue
-        if rec.get("host") == socket.gethostname() and not _pid_alive(int(rec.get("pid", -1))):
+        if host == socket.gethostname() and not _pid_alive(pid):
             out.append({**rec, "path": str(path)})
     return out
 
 
 def restore_stale(open_backend_fn, log=print) -> list[dict]:
-    """Reset the clocks of every GPU a dead launcher left locked; returns what it restored."""
+    """Reset the clocks of every GPU a dead launcher left locked; returns what it restored.
+
+    A record that cannot be restored (garbage, an unknown backend, a GPU this job cannot see) is
+    reported in one line and moved aside (``<name>.bad``): it must never block every later launch.
+    """
     restored = []
     for rec in stale_records():
-        backend = open_backend_fn(rec)
-        try:
-            backend.reset_clocks()
-        finally:
-            backend.close()
-        Path(rec["path"]).unlink(missing_ok=True)
-        log(f"restored clocks of {rec['gpu_uuid']} left locked by pid {rec['pid']} ({rec['backend']}, "
+        path = Path(rec["path"])
+        why = rec.get("unreadable")
+        if why is None:
+            try:
+                backend = open_backend_fn(rec)
+                try:
+                    backend.reset_clocks()
+                finally:
+                    backend.close()
+            except Exception as exc:  # noqa: BLE001 - any failure here is reported, never fatal
+                why = f"cannot restore it ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        if why is not None:
+            aside = path.with_name(path.name + ".bad")
+            with contextlib.suppress(OSError):
+                os.replace(path, aside)
+            log(f"lock record {path}: {why}; moved to {aside.name}, going on")
+            continue
+        path.unlink(missing_ok=True)
+        log(f"restored clocks of {rec.get('gpu_uuid')} left locked by pid {rec.get('pid')} ({rec.get('backend')}, "
             f"{rec.get('sm_clock_mhz')} MHz)")
         restored.append(rec)
     return restored

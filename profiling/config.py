@@ -55,6 +55,7 @@ class SweepConfig:
     resume: bool = False
     dry_run: bool = False
     reset_clocks: bool = False
+    wait_for_gpu: float = 0.0            # s to wait for another sweep to release the GPU
     guided_probes: int = 5
     guided_min_probes: int = 4
     guided_model: str | None = None
@@ -133,6 +134,7 @@ class SweepConfig:
         _number("--timeout", self.timeout, low=0, strict=True, what="must be positive")
         _number("--idle-seconds", self.idle_seconds, low=0, what="must be >= 0")
         _number("--sleep-interval", self.sleep_interval, low=0, what="must be >= 0")
+        _number("--wait-for-gpu", self.wait_for_gpu, low=0, what="must be >= 0 seconds")
         if not isinstance(self.max_slowdown, (int, float)) or math.isnan(self.max_slowdown):
             raise InputError("--max-slowdown", self.max_slowdown, "must be a number (negative: no limit)")
         if self.num_runs < 1:

@@ -27,6 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sd_energy_contract.errors import InputError
+from sd_energy_contract.layout import RUNNING
 from sd_energy_contract.workload import Workload
 
 from . import monitor as mon
@@ -36,6 +37,7 @@ from .clocks import ClockGuard, Interrupted, restore_stale
 from .config import DEFAULT_WORKLOAD, REPO_ROOT, SweepConfig
 from .errors import GpuError
 from .guided_mode import describe_guided_plan, make_planner, run_guided
+from .ownership import Held, describe, gpu_holder, gpu_lock, results_lock
 from .planning import RunSpec, SweepPlan, select_clocks, slice_clocks
 from .results import DeviceInfo, ResultsDir, build_row, config_hash, samples_csv, write_atomic
 from .run_sources import (
@@ -46,6 +48,7 @@ from .run_sources import (
     Replay,
     RunFiles,
     RunSource,
+    end_leftovers,
     load_workload,
 )
 
@@ -123,6 +126,11 @@ class Sweep:
             finally:
                 self.backend.end_run()
                 samples = monitor.stop()
+            if monitor.error is not None and outcome.status == "ok":
+                # A run whose power was not sampled to the end is no measurement: failed, with the reason.
+                outcome.status = "failed"
+                with open(files.err, "a") as err:
+                    err.write(f"power monitor stopped: {type(monitor.error).__name__}: {monitor.error}\n")
         else:
             outcome = self.source.run(spec, files)
             samples = outcome.samples or []
@@ -169,10 +177,14 @@ def _open(cfg: SweepConfig, index: int, log: Log) -> GpuBackend:
 
 def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> int:
     if cfg.reset_clocks:
+        holder = None if backend.replays else gpu_holder(backend.uuid())
+        if holder is not None:
+            raise InputError("--reset-clocks", backend.uuid(), f"a live sweep holds this GPU ({describe(holder)}); "
+                             "its clocks are restored when it ends")
         backend.reset_clocks()
         log(f"clocks reset on {backend.device_name()} ({backend.name}, index {backend.index})")
         return 0
-    gpu_type = cfg.gpu_type or getattr(backend, "gpu_type", None) or detect_gpu_type(backend.device_name())
+    gpu_type = _gpu_type(cfg, backend)
     try:
         supported = backend.supported_sm_clocks_mhz(cfg.memory_frequency)
     except GpuError as exc:
@@ -205,6 +217,31 @@ def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> 
             log(line)
         return 0
     _check_writable(out_dir, cfg.output_dir)
+    with contextlib.ExitStack() as owned:
+        _own(owned, cfg, backend, out_dir, log)
+        return _run_owned(cfg, backend, log, workload_obj, gpu_type, clocks, policy, plan, command, sweep_def, chash,
+                          out_dir, planner)
+
+
+def _own(owned: contextlib.ExitStack, cfg: SweepConfig, backend: GpuBackend, out_dir: Path, log: Log) -> None:
+    """One writer per results directory, one sweep per GPU, held until the launch ends (see ``ownership``)."""
+    info = {"output_dir": str(out_dir.resolve()), "gpu_uuid": backend.uuid()}
+    try:
+        owned.callback(results_lock(out_dir, info).acquire().release)
+    except Held as exc:
+        raise InputError("--output-dir", out_dir, f"another launcher is writing to it ({describe(exc.holder)})") from None
+    if backend.replays:
+        return  # nothing runs on a GPU
+    try:
+        owned.callback(gpu_lock(backend.uuid(), info).acquire(cfg.wait_for_gpu, on_wait=log).release)
+    except Held as exc:
+        wait = (f"waited {cfg.wait_for_gpu:g} s" if cfg.wait_for_gpu else "wait for it with --wait-for-gpu SECONDS")
+        raise InputError("--gpu-index", backend.index, f"GPU {backend.uuid()} is in use by another sweep "
+                         f"({describe(exc.holder)}); {wait}, or choose another GPU") from None
+
+
+def _run_owned(cfg, backend, log, workload_obj, gpu_type, clocks, policy, plan, command, sweep_def, chash, out_dir,
+               planner) -> int:
     results = ResultsDir(out_dir)
     old = results.manifest()
     if old and old.get("config_hash") != chash:
@@ -213,11 +250,13 @@ def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> 
     manifest = _manifest(cfg, backend, gpu_type, clocks, command, sweep_def, chash, old)
     results.create(manifest)
     log(f"results: {out_dir}")
+    for line in end_leftovers(results.path):
+        log(line, err=True)
     device = DeviceInfo(backend.name, backend.device_name(), gpu_type, backend.uuid())
     workload = cfg.app_name if not backend.replays else (cfg.replay_app or cfg.app_name)
     try:
         with ClockGuard(backend, gpu_type) as guard, _child_environment(backend if cfg.in_process else None):
-            source = _source(cfg, backend, guard, policy, workload_obj)
+            source = _source(cfg, backend, guard, policy, workload_obj, results)
             try:
                 sweep = Sweep(cfg, backend, guard, source, results, device, workload, log)
                 if planner is not None:
@@ -233,14 +272,28 @@ def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> 
     manifest["end_utc"] = datetime.now(timezone.utc).isoformat()
     results.write_manifest(manifest)
     log(f"done: {len(plan.runs)} runs, {failures} not ok; results in {out_dir}")
+    if not any(r["status"] == "ok" for r in results.read_rows()):  # a SLURM job whose every run failed
+        log(f"no run succeeded: see {out_dir / 'logs'}", err=True)   # must not look like a success
+        return 1
     return 0
 
 
-def _source(cfg: SweepConfig, backend: GpuBackend, guard: ClockGuard, policy: dict, workload_obj) -> RunSource:
+def _gpu_type(cfg: SweepConfig, backend: GpuBackend) -> str | None:
+    """The GPU type the rows are labelled with. A type given for a real GPU must be what the GPU is:
+    ``GPU_TYPE=A100 sbatch ...`` landing on an H100 node must not write H100 numbers labelled A100."""
+    detected = getattr(backend, "gpu_type", None) or detect_gpu_type(backend.device_name())
+    if cfg.gpu_type and detected and cfg.gpu_type != detected and not backend.synthetic and not backend.replays:
+        raise InputError("--gpu-type", cfg.gpu_type, f"but the GPU is a {backend.device_name()} ({detected}); "
+                         "drop --gpu-type or run where that GPU is")
+    return cfg.gpu_type or detected
+
+
+def _source(cfg: SweepConfig, backend: GpuBackend, guard: ClockGuard, policy: dict, workload_obj,
+            results: ResultsDir) -> RunSource:
     if backend.replays:
         return Replay(backend)
     if not cfg.in_process:
-        return AppProcess(cfg.app_command(), cfg.timeout, backend.child_env())
+        return AppProcess(cfg.app_command(), cfg.timeout, backend.child_env(), running_dir=results.path / RUNNING)
     phase_clocks = PhaseClocks(guard, backend, policy) if policy else None
     return InProcess(lambda: workload_obj or load_workload(DEFAULT_WORKLOAD, cfg.app_args()), phase_clocks)
 
@@ -315,7 +368,8 @@ def _all_gpus(cfg: SweepConfig, log: Log) -> int:
         indices = backend.visible_devices()
     finally:
         backend.close()
-    base = Path(cfg.output_dir) if cfg.output_dir else Path.cwd() / "results" / f"{cfg.app_name}_allgpus_{_stamp()}"
+    # Resolved here: a relative --output-dir means the caller's directory, whatever the children's is.
+    base = (Path(cfg.output_dir) if cfg.output_dir else Path("results") / f"{cfg.app_name}_allgpus_{_stamp()}").resolve()
     ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_child, args=(replace(cfg, all_gpus=False, gpu_index=i, output_dir=str(base / f"gpu{i}")),),
                          name=f"sweep-gpu{i}") for i in indices]
@@ -430,9 +484,13 @@ def _output_dir(cfg: SweepConfig, gpu_type: str, chash: str) -> Path:
         return Path(cfg.output_dir)
     root = Path.cwd() / "results"
     if cfg.resume:
-        for cand in sorted(root.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True):
+        others = sorted(root.glob("*/manifest.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for cand in others:
             if _read_json(cand).get("config_hash") == chash:
                 return cand.parent
+        newest = f"; the newest, {others[0].parent.name}, is another sweep (other options)" if others else ""
+        raise InputError("--resume", True, f"no results directory under {root} holds this same sweep "
+                         f"(config {chash}){newest}; run without --resume to start it")
     return root / f"{cfg.app_name}_{gpu_type}_{cfg.profiling_mode}_{_stamp()}"
 
 

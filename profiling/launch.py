@@ -47,6 +47,8 @@ from .driver import execute
 @click.option("--output-dir", default=None, help="Default: results/<app>_<gpu>_<mode>_<time>.")
 @click.option("--resume", is_flag=True, help="Continue the newest results directory of this same sweep.")
 @click.option("--dry-run", is_flag=True, help="Print the plan (clocks, runs, estimated time) and exit.")
+@click.option("--wait-for-gpu", type=float, default=0.0, show_default=True, metavar="SECONDS",
+              help="When another sweep holds the GPU, wait this long for it instead of refusing at once.")
 @click.option("--reset-clocks", is_flag=True, help="Reset clocks (and any left locked by a killed sweep), then exit.")
 @click.option("--guided-probes", type=int, default=5, show_default=True,
               help="guided mode: most clocks measured, the max clock included (>= 2); fewer when the model "

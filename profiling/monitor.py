@@ -35,8 +35,15 @@ class PowerMonitor:
         self.samples: list[GpuSample] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None  # why the sampling thread stopped early, if it did
 
     def _loop(self) -> None:
+        try:
+            self._sample_until_stopped()
+        except Exception as exc:  # noqa: BLE001 - kept for the run's row: its samples end here
+            self.error = exc
+
+    def _sample_until_stopped(self) -> None:
         t0 = time.monotonic()
         k = 0
         while not self._stop.is_set():
@@ -50,6 +57,7 @@ class PowerMonitor:
 
     def start(self) -> PowerMonitor:
         self.samples = []
+        self.error = None
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="power-monitor", daemon=True)
         self._thread.start()
@@ -59,7 +67,10 @@ class PowerMonitor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.samples.append(self.backend.sample())  # close the window at the stop time
+        try:
+            self.samples.append(self.backend.sample())  # close the window at the stop time
+        except Exception as exc:  # noqa: BLE001
+            self.error = self.error or exc
         return self.samples
 
     def __enter__(self) -> PowerMonitor:

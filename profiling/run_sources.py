@@ -15,10 +15,12 @@ All three leave the same files behind (events, metrics JSON), so one function bu
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from typing import Protocol
 from sd_energy_contract import env
 from sd_energy_contract.errors import InputError
 from sd_energy_contract.files import append_line, write_atomic
+from sd_energy_contract.layout import RUNNING
 from sd_energy_contract.phases import BATCH, CLOCKED_PHASES, SAVE, TEXT_ENCODE, WARMUP
 from sd_energy_contract.workload import WORKLOADS_GROUP, RunContext, Workload
 
@@ -66,13 +69,22 @@ class RunSource(Protocol):
 # --------------------------------------------------------------------------- the app as a process
 
 class AppProcess:
+    """The app as a child process in its own session, which dies with the launcher.
+
+    Whatever kills the launcher (SIGKILL included), the kernel sends the app SIGKILL
+    (``PR_SET_PDEATHSIG``), so a resumed sweep never measures a leftover app beside its own. Each
+    running app is also recorded in ``running/<run_id>.json`` (pid and start time), so a resumed
+    launch can end what the app itself had started (``end_leftovers``).
+    """
+
     mode = "process"
     measured = True
 
-    def __init__(self, command: list[str], timeout_s: float, child_env: dict[str, str]):
+    def __init__(self, command: list[str], timeout_s: float, child_env: dict[str, str], running_dir: Path | None = None):
         self.command = command
         self.timeout_s = timeout_s
         self.child_env = child_env
+        self.running_dir = running_dir
 
     def _env(self, spec: RunSpec, files: RunFiles) -> dict[str, str]:
         return {**os.environ, **self.child_env, env.EVENTS_FILE: str(files.events), env.METRICS_FILE: str(files.metrics),
@@ -82,9 +94,11 @@ class AppProcess:
         status, code, stopped_by, proc = "ok", None, None, None
         with open(files.out, "w") as out, open(files.err, "w") as err:
             t_start = time.monotonic()
+            record = None
             try:
                 proc = subprocess.Popen(self.command, stdout=out, stderr=err, env=self._env(spec, files),
-                                        start_new_session=True)
+                                        start_new_session=True, preexec_fn=_die_with(os.getpid()))
+                record = _record_running(self.running_dir, spec.run_id, proc.pid)
                 code = proc.wait(timeout=self.timeout_s)
             except OSError as exc:  # the program could not start: a failed run, the sweep goes on
                 status = "failed"
@@ -97,6 +111,8 @@ class AppProcess:
                 _kill_group(proc)
             finally:
                 t_end = time.monotonic()
+                if record is not None:
+                    record.unlink(missing_ok=True)
         if stopped_by is not None:
             return RunOutcome(status, proc.returncode if proc else None, t_start, t_end, stopped_by=stopped_by)
         if status == "ok" and code not in (0, None):
@@ -111,8 +127,11 @@ class AppProcess:
 
 
 def _kill_group(proc: subprocess.Popen | None) -> None:
+    """End the app, its process group and every descendant (helpers it started with ``setsid`` left
+    the group; they are found through /proc before the app dies and they lose their parent)."""
     if proc is None:
         return
+    others = [p for p in descendants(proc.pid)]
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=5)
@@ -120,6 +139,91 @@ def _kill_group(proc: subprocess.Popen | None) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    for pid in others:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- no orphans
+
+_PR_SET_PDEATHSIG = 1
+try:
+    _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+except OSError:  # pragma: no cover - no C library to call
+    _LIBC = None
+
+
+def _die_with(parent: int):
+    """A ``preexec_fn``: ask the kernel to SIGKILL the child when the launcher dies (Linux). If the
+    launcher died already, between fork and here, the child ends itself."""
+
+    def preexec() -> None:
+        if _LIBC is not None:
+            _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    return preexec
+
+
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the pid it
+    names one process, even after the pid is reused."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(")") + 2:].split()[19])
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant of ``pid`` (from /proc; [] where there is none)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _record_running(running_dir: Path | None, run_id: str, pid: int) -> Path | None:
+    if running_dir is None:
+        return None
+    path = running_dir / f"{run_id}.json"
+    write_atomic(path, json.dumps({"pid": pid, "start_ticks": _start_ticks(pid)}))
+    return path
+
+
+def end_leftovers(results_path: Path) -> list[str]:
+    """End app processes (and their descendants) a killed launcher left running in this results
+    directory, before their runs are redone; returns one line per process ended."""
+    lines = []
+    for record in sorted((Path(results_path) / RUNNING).glob("*.json")):
+        try:
+            rec = json.loads(record.read_text())
+            pid, ticks = int(rec["pid"]), rec.get("start_ticks")
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            continue
+        if ticks is not None and _start_ticks(pid) == ticks:
+            victims = [pid, *descendants(pid)]
+            for victim in victims:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(victim, signal.SIGKILL)
+            lines.append(f"ended {len(victims)} leftover process(es) of run {record.stem} (app pid {pid}) "
+                         "before redoing it")
+        record.unlink(missing_ok=True)
+    return lines
 
 
 # --------------------------------------------------------------------------- a workload in this process

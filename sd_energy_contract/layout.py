@@ -8,6 +8,7 @@
     apps/<run_id>.json     the app's metrics JSON
     events/<run_id>.jsonl  the app's phase events
     logs/<run_id>.out|err  the app's stdout/stderr (process mode)
+    running/<run_id>.json  the app process of a run in progress (pid, start time); gone when it ends
 
 Columns are only ever added at the end, so a reader keys on names and an older directory stays
 readable.
@@ -40,6 +41,7 @@ RUNS_CSV = "runs.csv"
 GUIDED_JSON = "guided.json"
 RUN_FILES = {"samples": "csv", "apps": "json", "events": "jsonl"}
 LOGS = "logs"
+RUNNING = "running"
 
 
 def run_id(clock_mhz: int | None, run_index: int, warmup: bool) -> str:

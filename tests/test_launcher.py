@@ -94,7 +94,7 @@ def test_faults_become_rows_and_the_sweep_goes_on(tmp_path, mode, status):
     out = tmp_path / "res"
     p = launch("--profiling-mode", "custom", "--custom-frequencies", "1410,705", "--num-runs", "1",
                "--app-executable", FAKE, "--app-params", mode, "--timeout", "1", "--output-dir", str(out))
-    assert p.returncode == 0, p.stderr
+    assert p.returncode == 1 and "no run succeeded" in p.stderr, p.stderr  # a job of failures must not look fine
     df = rows(out)
     assert list(df["status"]) == [status, status] and len(df) == 2
 
@@ -105,7 +105,7 @@ def test_app_that_cannot_start_is_a_failed_row(tmp_path):
     bad.chmod(0o755)
     out = tmp_path / "res"
     p = launch("--profiling-mode", "baseline", "--num-runs", "2", "--app-executable", str(bad), "--output-dir", str(out))
-    assert p.returncode == 0 and list(rows(out)["status"]) == ["failed", "failed"]
+    assert p.returncode == 1 and list(rows(out)["status"]) == ["failed", "failed"]  # every run failed: exit 1
     assert "Exec format error" in (out / "logs" / "fdefault_r00.err").read_text()
 
 

@@ -154,9 +154,15 @@ class SimulatedGpu(GpuBackend):
             complete = complete_text(chunk)
             self._events_pos += len(complete)
             for line in complete.splitlines():
-                ev = json.loads(line)
-                delta = 1 if ev["event"] == "start" else -1
-                self._open[ev["phase"]] = max(0, self._open.get(ev["phase"], 0) + delta)
+                try:  # a line the app did not write whole or right is skipped, never fatal to sampling
+                    ev = json.loads(line)
+                    phase, kind = ev["phase"], ev["event"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                if kind not in ("start", "end"):
+                    continue
+                delta = 1 if kind == "start" else -1
+                self._open[phase] = max(0, self._open.get(phase, 0) + delta)
         active = [PHASE_ACTIVITY.get(p, 0.0) for p, n in self._open.items() if n > 0]
         return max(active, default=RUN_BASE_ACTIVITY)
 
