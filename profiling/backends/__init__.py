@@ -20,6 +20,8 @@ SIMULATED_BANNER = ("*** No NVIDIA GPU found: using the SIMULATED {gpu} (configs
 
 def open_backend(name: str, index: int = 0, gpu_type: str | None = None, replay_source: str | None = None,
                  replay_app: str | None = None, announce=lambda msg: print(msg, file=sys.stderr)) -> GpuBackend:
+    if name not in BACKENDS:
+        raise GpuError(f"unknown backend {name!r}; known: {', '.join(BACKENDS)}")
     if name == "nvml":
         from .nvml import NvmlGpu
 

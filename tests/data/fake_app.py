@@ -8,7 +8,7 @@ import time
 
 args = sys.argv[1:]
 mode = args[0] if args else "ok"
-seconds = float(args[1]) if len(args) > 1 and mode != "argv" else 0.3
+seconds = float(args[1]) if len(args) > 1 and mode not in ("argv", "helper") else 0.3
 
 
 def event(kind, phase, **kw):
@@ -27,6 +27,13 @@ if mode == "crash":
 if mode == "exit3":
     print("bad things", file=sys.stderr)
     sys.exit(3)
+if mode == "helper":  # starts a helper in its own session (it leaves the app's process group), then hangs
+    import subprocess
+
+    helper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    with open(args[1], "w") as fh:
+        fh.write(str(helper.pid))
+    time.sleep(60)
 if mode == "oom":
     print("torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB", file=sys.stderr)
     sys.exit(1)
