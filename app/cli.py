@@ -7,6 +7,7 @@ suite. Every check lives in ``runner.check_inputs`` so the Python API validates 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,73 @@ def _list_schedulers() -> None:
         click.echo(f"{s.name:<14} {s.class_name:<34} {kind:<10} {s.description}")
 
 
+def _expects(param: click.Parameter) -> str:
+    """What a value of ``param``'s type must be, in the words of the one-line error."""
+    t = param.type
+    if isinstance(t, click.Choice):
+        return f"must be one of {', '.join(map(str, t.choices))}"
+    for kind, words in ((click.types.BoolParamType, "must be true or false"), (click.types.IntParamType,
+                        "must be an integer"), (click.types.FloatParamType, "must be a number"),
+                        (click.types.StringParamType, "must be a string")):
+        if isinstance(t, kind):
+            return words
+    return f"must be a {t.name}"
+
+
+# The Python types a --config (YAML) value may have for each click type; anything else is refused
+# rather than converted: int() of a list raised TypeError (a traceback), str() of a list became a
+# prompt such as "['a', 'b']", int(2.5) silently ran 2 steps and `seed: true` ran seed 1.
+_CONFIG_TYPES: tuple[tuple[type[click.ParamType], tuple[type, ...]], ...] = (
+    (click.types.BoolParamType, (bool,)), (click.types.IntParamType, (int,)),
+    (click.types.FloatParamType, (int, float)), (click.types.StringParamType, (str, int, float)))
+
+
+class AppOption(click.Option):
+    """An option whose bad value, typed or from ``--config``, is an ``InputError`` naming the option
+    and the value (``error: --steps abc: must be an integer``) instead of click's differently worded
+    message or, for a wrongly typed config value, a traceback."""
+
+    def handle_parse_result(self, ctx: click.Context, opts, args):
+        if opts.get("config"):  # remembered so a config value's error can name its file
+            ctx.meta["app.config_file"] = opts["config"]
+        return super().handle_parse_result(ctx, opts, args)
+
+    def type_cast_value(self, ctx: click.Context, value):
+        from click.core import ParameterSource
+
+        name = max(self.opts, key=len)
+        if value is None or ctx.get_parameter_source(self.name) is not ParameterSource.DEFAULT_MAP:
+            try:
+                return super().type_cast_value(ctx, value)
+            except (click.BadParameter, TypeError, ValueError) as exc:
+                if isinstance(exc, InputError):
+                    raise
+                raise InputError(name, value, _expects(self)) from None
+        where = f"(key {self.name!r} in --config {ctx.meta.get('app.config_file', '')})".replace(" )", ")")
+        allowed = next((ok for kind, ok in _CONFIG_TYPES if isinstance(self.type, kind)), (str,))
+        items = value if self.multiple else [value]
+        if self.multiple and isinstance(value, str):
+            items = value = [value]  # one prompt: a string is a list of one
+        elif self.multiple and not isinstance(value, list):
+            raise InputError(name, value, f"must be a list of values {where}")
+        for item in items:
+            if isinstance(item, list | dict):
+                raise InputError(name, value, f"{_expects(self)}, not a {type(item).__name__} {where}")
+            if not isinstance(item, allowed) or (bool not in allowed and isinstance(item, bool)):
+                raise InputError(name, value, f"{_expects(self)}, not {type(item).__name__} {where}")
+        try:
+            return super().type_cast_value(ctx, value)
+        except (click.BadParameter, TypeError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            raise InputError(name, value, f"{_expects(self)} {where}") from None
+
+
+def option(*decls: str, **kwargs):
+    """``click.option`` with ``AppOption``: every option of this command line reports errors alike."""
+    return click.option(*decls, cls=AppOption, **kwargs)
+
+
 def _batch_size(ctx, param, value):
     if value is None or value == "auto":
         return value or 1
@@ -61,73 +129,72 @@ def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
 
 @click.command(context_settings=CONTEXT)
 @config_option
-@click.option("--model-variant", default="sd-v1.5", show_default=True, help="Registered variant (--list-variants).")
-@click.option("--custom-model", default=None, help="Any hub id or local directory of a diffusers pipeline.")
-@click.option("--model-family", default="sd1", type=click.Choice(sorted(models.FAMILY_PIPELINES)),
+@option("--model-variant", default="sd-v1.5", show_default=True, help="Registered variant (--list-variants).")
+@option("--custom-model", default=None, help="Any hub id or local directory of a diffusers pipeline.")
+@option("--model-family", default="sd1", type=click.Choice(sorted(models.FAMILY_PIPELINES)),
               show_default=True, help="Family of --custom-model.")
-@click.option("--weights", default="auto", type=click.Choice(["auto", "pretrained", "random", "tiny"]),
+@option("--weights", default="auto", type=click.Choice(["auto", "pretrained", "random", "tiny"]),
               show_default=True, help="auto: real weights if on disk (or a GPU can fetch them), else tiny.")
-@click.option("--allow-pickle", is_flag=True, help="Also load .bin/.ckpt pickle weights (unsafe for untrusted files).")
-@click.option("--scheduler", default=None, help="Sampler (--list-schedulers); default: the variant's own.")
-@click.option("--device", default="auto", type=click.Choice(["auto", "cuda", "mps", "cpu"]), show_default=True)
-@click.option("--dtype", default="auto", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), show_default=True)
-@click.option("--attention", default="sdpa", type=click.Choice(ATTENTION_CHOICES), show_default=True)
-@click.option("--cpu-offload", default="none", type=click.Choice(["none", "model", "sequential"]), show_default=True)
-@click.option("--vae-slicing", is_flag=True)
-@click.option("--vae-tiling", is_flag=True)
-@click.option("--channels-last", is_flag=True)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet/transformer.")
-@click.option("--prompt", multiple=True, help="Prompt (repeatable).")
-@click.option("--prompt-file", default=None, help="One prompt per line (# comments).")
-@click.option("--negative-prompt", default=None)
-@click.option("--height", type=int, default=None, help="Default: the variant's native size.")
-@click.option("--width", type=int, default=None)
-@click.option("--steps", type=int, default=None, help="Denoising steps; default: the variant's own.")
-@click.option("--guidance-scale", type=float, default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--num-images", type=int, default=None, help="Default: prompts x images-per-prompt.")
-@click.option("--batch-size", default="1", callback=_batch_size, show_default=True, help="N or auto.")
-@click.option("--images-per-prompt", type=int, default=1, show_default=True)
-@click.option("--warmup", type=int, default=0, show_default=True, help="Untimed runs before measuring.")
-@click.option("--style", default=None, help="Prompt prefix preset (icon, photo, ...).")
-@click.option("--style-file", default=None, help="YAML of name: prefix, adding to configs/styles.yaml.")
-@click.option("--init-image", default=None, help="Input image for img2img (sdxl-refiner).")
-@click.option("--strength", type=float, default=0.3, show_default=True, help="img2img strength.")
-@click.option("--output-dir", default="outputs", show_default=True)
-@click.option("--output-prefix", default="")
-@click.option("--save-images/--no-save-images", default=True, show_default=True)
-@click.option("--export-metrics", default=None, help="Write the metrics JSON here (atomically).")
-@click.option("--clip-model", default=None, help="Local CLIP directory: add the CLIP score of each image to the metrics.")
-@click.option("--benchmark", is_flag=True, help="Run --benchmark-type instead of one generation.")
-@click.option("--benchmark-type", default="speed",
+@option("--allow-pickle", is_flag=True, help="Also load .bin/.ckpt pickle weights (unsafe for untrusted files).")
+@option("--scheduler", default=None, help="Sampler (--list-schedulers); default: the variant's own.")
+@option("--device", default="auto", type=click.Choice(["auto", "cuda", "mps", "cpu"]), show_default=True)
+@option("--dtype", default="auto", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), show_default=True)
+@option("--attention", default="sdpa", type=click.Choice(ATTENTION_CHOICES), show_default=True)
+@option("--cpu-offload", default="none", type=click.Choice(["none", "model", "sequential"]), show_default=True)
+@option("--vae-slicing", is_flag=True)
+@option("--vae-tiling", is_flag=True)
+@option("--channels-last", is_flag=True)
+@option("--compile", "compile_", is_flag=True, help="torch.compile the UNet/transformer.")
+@option("--prompt", multiple=True, help="Prompt (repeatable).")
+@option("--prompt-file", default=None, help="One prompt per line (# comments).")
+@option("--negative-prompt", default=None)
+@option("--height", type=int, default=None, help="Default: the variant's native size.")
+@option("--width", type=int, default=None)
+@option("--steps", type=int, default=None, help="Denoising steps; default: the variant's own.")
+@option("--guidance-scale", type=float, default=None)
+@option("--seed", type=int, default=0, show_default=True)
+@option("--num-images", type=int, default=None, help="Default: prompts x images-per-prompt.")
+@option("--batch-size", default="1", callback=_batch_size, show_default=True, help="N or auto.")
+@option("--images-per-prompt", type=int, default=1, show_default=True)
+@option("--warmup", type=int, default=0, show_default=True, help="Untimed runs before measuring.")
+@option("--style", default=None, help="Prompt prefix preset (icon, photo, ...).")
+@option("--style-file", default=None, help="YAML of name: prefix, adding to configs/styles.yaml.")
+@option("--init-image", default=None, help="Input image for img2img (sdxl-refiner).")
+@option("--strength", type=float, default=0.3, show_default=True, help="img2img strength.")
+@option("--output-dir", default="outputs", show_default=True)
+@option("--output-prefix", default="")
+@option("--save-images/--no-save-images", default=True, show_default=True)
+@option("--export-metrics", default=None, help="Write the metrics JSON here (atomically).")
+@option("--clip-model", default=None, help="Local CLIP directory: add the CLIP score of each image to the metrics.")
+@option("--benchmark", is_flag=True, help="Run --benchmark-type instead of one generation.")
+@option("--benchmark-type", default="speed",
               type=click.Choice(["speed", "quality", "memory_stress", "artistic_styles", "energy_research", "icons"]))
-@click.option("--benchmark-runs", type=int, default=3, show_default=True, help="Repeats per case (mean/std/CV).")
-@click.option("--scheduler-comparison", is_flag=True, help="Every scheduler that fits the model, same seed.")
-@click.option("--multi-resolution", is_flag=True, help="0.5x to 1.25x the native size.")
-@click.option("--compare-models", default=None, help="Comma-separated variants: same prompts and seeds, one after another.")
-@click.option("--keep-loaded", is_flag=True, help="Compare in dev mode: keep every model resident.")
-@click.option("--quick", is_flag=True, help="Icon benchmark: one model, two prompts.")
-@click.option("--harness", is_flag=True, help="Throughput/latency harness on this pipeline (or --url) at --concurrency levels.")
-@click.option("--concurrency", default="1,2,4", show_default=True, help="Harness concurrency levels.")
-@click.option("--iterations", type=int, default=3, show_default=True, help="Harness requests per worker per level.")
-@click.option("--harness-warmup", type=int, default=1, show_default=True, help="Unrecorded requests per level.")
-@click.option("--request-timeout", type=float, default=300.0, show_default=True, help="Harness per-request limit (s).")
-@click.option("--url", default=None, help="Benchmark this HTTP image service instead of the local pipeline.")
-@click.option("--prompt-set", default="default", type=click.Choice(["default", "icons"]), show_default=True,
+@option("--benchmark-runs", type=int, default=3, show_default=True, help="Repeats per case (mean/std/CV).")
+@option("--scheduler-comparison", is_flag=True, help="Every scheduler that fits the model, same seed.")
+@option("--multi-resolution", is_flag=True, help="0.5x to 1.25x the native size.")
+@option("--compare-models", default=None, help="Comma-separated variants: same prompts and seeds, one after another.")
+@option("--keep-loaded", is_flag=True, help="Compare in dev mode: keep every model resident.")
+@option("--quick", is_flag=True, help="Icon benchmark: one model, two prompts.")
+@option("--harness", is_flag=True, help="Throughput/latency harness on this pipeline (or --url) at --concurrency levels.")
+@option("--concurrency", default="1,2,4", show_default=True, help="Harness concurrency levels.")
+@option("--iterations", type=int, default=3, show_default=True, help="Harness requests per worker per level.")
+@option("--harness-warmup", type=int, default=1, show_default=True, help="Unrecorded requests per level.")
+@option("--request-timeout", type=float, default=300.0, show_default=True, help="Harness per-request limit (s).")
+@option("--url", default=None, help="Benchmark this HTTP image service instead of the local pipeline.")
+@option("--prompt-set", default="default", type=click.Choice(["default", "icons"]), show_default=True,
               help="Built-in harness prompts when no --prompt/--prompt-file is given.")
-@click.option("--profile-compute", is_flag=True,
+@option("--profile-compute", is_flag=True,
               help="Print FLOPs and parameters per component for the variant at --height/--width/--steps, and exit.")
-@click.option("--list-variants", is_flag=True)
-@click.option("--list-schedulers", is_flag=True)
-@click.option("-q", "--quiet", is_flag=True)
+@option("--list-variants", is_flag=True)
+@option("--list-schedulers", is_flag=True)
+@option("-q", "--quiet", is_flag=True)
 def cli(**o):
     """Generate images with a diffusion model and measure time, memory and throughput."""
     if o["list_variants"]:
         return _list_variants()
     if o["list_schedulers"]:
         return _list_schedulers()
-    if o["benchmark_runs"] < 1:
-        raise InputError("--benchmark-runs", o["benchmark_runs"], "must be at least 1")
+    check_mode_options(o)
     req = request_from_options(o)
     log = (lambda *_: None) if o["quiet"] else click.echo
     warnings.filterwarnings("ignore")
@@ -159,6 +226,41 @@ def cli(**o):
     if o["export_metrics"]:
         log(f"metrics: {o['export_metrics']}")
     return 0
+
+
+MAX_REPEATS = 1000  # --benchmark-runs, --iterations: repeats per case / requests per worker
+MAX_CONCURRENCY = 256  # harness workers: each is a thread with a request in flight
+
+
+def _count(o: dict, key: str, low: int, high: int) -> None:
+    option = "--" + key.replace("_", "-")
+    if o[key] < low:
+        raise InputError(option, o[key], f"must be at least {low}" if low else "must be >= 0")
+    if o[key] > high:
+        raise InputError(option, o[key], f"must be at most {high}")
+
+
+def concurrency_levels(text: str) -> list[int]:
+    """``--concurrency 1,2,4`` as a list of levels, each between 1 and ``MAX_CONCURRENCY``."""
+    try:
+        levels = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError:
+        raise InputError("--concurrency", text, "must be comma-separated integers, e.g. 1,2,4") from None
+    if not levels or not all(1 <= c <= MAX_CONCURRENCY for c in levels):
+        raise InputError("--concurrency", text, f"levels must be integers between 1 and {MAX_CONCURRENCY}")
+    return levels
+
+
+def check_mode_options(o: dict) -> None:
+    """The options of the suites and the harness that ``check_inputs`` does not see, checked before
+    any work whatever mode runs (the harness's used to be checked only once the harness started)."""
+    _count(o, "benchmark_runs", 1, MAX_REPEATS)
+    _count(o, "iterations", 1, MAX_REPEATS)
+    _count(o, "harness_warmup", 0, MAX_REPEATS)
+    timeout = o["request_timeout"]
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise InputError("--request-timeout", timeout, "must be a positive, finite number of seconds")
+    concurrency_levels(o["concurrency"])
 
 
 # Options that pick a mode other than one generation run.
@@ -253,10 +355,7 @@ def _run_harness(o: dict, req: GenerationRequest, resolved: GenerationRequest, v
     from . import harness
     from .runner import load, request_generator
 
-    try:
-        levels = [int(x) for x in o["concurrency"].split(",") if x.strip()]
-    except ValueError:
-        raise InputError("--concurrency", o["concurrency"], "must be comma-separated integers, e.g. 1,2,4") from None
+    levels = concurrency_levels(o["concurrency"])
     cfg = harness.HarnessConfig(prompts=req.prompts or harness.PROMPT_SETS[o["prompt_set"]], levels=levels,
                                 iterations=o["iterations"], warmup=o["harness_warmup"], timeout_s=o["request_timeout"],
                                 width=resolved.width, height=resolved.height, num_images=1, steps=resolved.steps,

@@ -40,11 +40,38 @@ def save_png(image, path: Path, parameters: dict) -> None:
 
 
 def check_writable_dir(path: Path) -> str | None:
-    """None when ``path`` can be created and written, else the reason."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return exc.strerror or str(exc)
-    if not os.access(path, os.W_OK | os.X_OK):
-        return "not writable"
+    """None when ``path`` is, or could be created as, a writable directory; else the reason.
+
+    Creates nothing: a request that fails a later check must leave no directory behind, so the
+    nearest existing ancestor is checked instead of making the directory to see whether it can be.
+    """
+    path = Path(path).absolute()
+    if path.exists():
+        if not path.is_dir():
+            return "exists and is not a directory"
+        return None if os.access(path, os.W_OK | os.X_OK) else "not writable"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"cannot be created: {parent} is not a directory"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"cannot be created: {parent} is not writable"
+    return None
+
+
+def check_file_prefix(prefix: str) -> str | None:
+    """None when ``prefix`` can only start a file name inside the output directory, else why not.
+
+    The prefix is pasted in front of every image and config file name; a separator or ``..`` in it
+    would write elsewhere (or fail at the first save, after the whole generation had run).
+    """
+    if "/" in prefix or "\\" in prefix or (os.altsep and os.altsep in prefix):
+        return "must be a file-name prefix, without path separators"
+    if ".." in prefix:
+        return "must not contain '..'"
+    if any(ord(c) < 32 for c in prefix):
+        return "must not contain control characters"
+    if len(prefix) > 100:
+        return "must be at most 100 characters (file names are limited to 255 bytes)"
     return None

@@ -4,6 +4,7 @@ resident pipeline: warm-up, batches, save; metrics JSON. Every mode goes through
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import threading
@@ -18,7 +19,7 @@ from sd_energy_contract import env
 from sd_energy_contract.errors import InputError
 
 from . import outputs, schedulers, weights
-from .models import ModelVariant, UnknownVariantError, custom_variant, get_variant
+from .models import FAMILY_PIPELINES, ModelVariant, UnknownVariantError, custom_variant, get_variant
 from .pipeline import (
     BatchResult,
     ExecutionOptions,
@@ -38,11 +39,48 @@ STYLES_FILE = Path(__file__).resolve().parent.parent / "configs" / "styles.yaml"
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 
 
+# Bounds on the work one request may ask for. Each is far beyond any real benchmark and exists so
+# that a typo (an extra zero or five) is an error naming the option, not a run that never ends or
+# a list of a hundred million jobs built before the first image.
+MAX_STEPS = 1000  # the training timesteps of every scheduler here: more steps than that repeat timesteps
+MAX_SIZE_FACTOR = 4  # height/width up to 4x the model's native size (16x its pixels)
+MAX_IMAGES = 10_000  # images (and images per prompt, batch size) per run
+MAX_WARMUP = 100  # untimed warm-up runs
+MAX_SEED = 2**64 - 1  # torch.Generator.manual_seed takes 64-bit seeds; image i uses seed + i
+# A lower bound on the bytes each image needs at full resolution on a GPU (the VAE decoder holds
+# 128 fp16 channels in and out at the output size): batch x height x width x this beyond the GPU's
+# memory can never fit, so it is refused before the model loads rather than failing after.
+MIN_BYTES_PER_PIXEL = 512
+
+
+def read_style_file(path: str | Path, option: str = "--style-file") -> dict[str, str]:
+    """A styles YAML (``name: prompt prefix``), checked: a missing file, broken YAML or anything other
+    than a mapping of names to strings is an ``InputError`` naming ``option`` (it used to be skipped
+    silently when missing, and to fail deep in generation otherwise)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise InputError(option, path, f"cannot read: {exc.strerror or exc}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(option, path, f"not valid YAML ({first})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise InputError(option, path, f"must be a mapping of style name: prompt prefix, not a {type(data).__name__}")
+    for name, prefix in data.items():
+        if not isinstance(name, str) or not isinstance(prefix, str):
+            raise InputError(option, path, f"style {name!r}: must map a name to a prompt-prefix string, "
+                                           f"not {type(prefix).__name__}")
+    return data
+
+
 def load_styles(extra_file: str | None = None) -> dict[str, str]:
     styles = {"icon": ICON_PREFIX}
-    for path in (STYLES_FILE, extra_file):
-        if path and Path(path).exists():
-            styles.update(yaml.safe_load(Path(path).read_text()) or {})
+    if STYLES_FILE.exists():
+        styles.update(read_style_file(STYLES_FILE, "configs/styles.yaml"))
+    if extra_file:
+        styles.update(read_style_file(extra_file))
     return styles
 
 
@@ -95,48 +133,148 @@ class GenerationRequest:
                        num_images=pick(self.num_images, len(prompts) * self.images_per_prompt))
 
 
+def _whole(option: str, value: object, low: int, high: int, why_high: str) -> None:
+    """``value`` must be an int (not a bool, not a float) within [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InputError(option, value, f"must be an integer, not {type(value).__name__}")
+    if value < low:
+        raise InputError(option, value, f"must be at least {low}" if low else "must be >= 0")
+    if value > high:
+        raise InputError(option, value, f"must be at most {high} ({why_high})")
+
+
+def _real(option: str, value: object) -> float:
+    """``value`` must be a finite int or float (not a bool, not NaN or infinity)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InputError(option, value, f"must be a number, not {type(value).__name__}")
+    if not math.isfinite(value):
+        raise InputError(option, value, "must be a finite number")
+    return float(value)
+
+
+def _cuda_total_bytes() -> int | None:
+    """The memory of the current CUDA device, or None when there is no usable CUDA device."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def _check_device(r: GenerationRequest) -> None:
+    """An explicit --device the machine lacks: before, CUDA failed deep in torch ('Torch not compiled
+    with CUDA enabled') and MPS at the first synchronisation, both as tracebacks."""
+    device = r.execution.device
+    if device == "cuda" and _cuda_total_bytes() is None:
+        raise InputError("--device", device, "no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                                             "use --device cpu or auto")
+    if device == "mps" and not _mps_available():
+        raise InputError("--device", device, "no Apple MPS device is available here; use --device cpu or auto")
+
+
+def memory_problem(r: GenerationRequest, total_bytes: int) -> tuple[str, object, str] | None:
+    """(option, value, problem) when the request's images can never fit in ``total_bytes`` of GPU
+    memory (a lower bound: ``MIN_BYTES_PER_PIXEL`` per output pixel per image in a batch), else None.
+
+    VAE tiling bounds the decoder's working set, so a tiled request is never refused here.
+    """
+    if r.execution.vae_tiling or r.batch_size == "auto":
+        return None
+    batch = min(int(r.batch_size), r.num_images)
+    need = batch * r.height * r.width * MIN_BYTES_PER_PIXEL
+    if need <= total_bytes:
+        return None
+    gib = f"needs at least {need / 2**30:.1f} GiB of GPU memory ({MIN_BYTES_PER_PIXEL} B per pixel per image), " \
+          f"the GPU has {total_bytes / 2**30:.1f} GiB"
+    if batch > 1:
+        return "--batch-size", r.batch_size, f"{batch} images of {r.height}x{r.width} {gib}; use a smaller batch"
+    return "--height", r.height, f"one {r.height}x{r.width} image {gib}; use a smaller size or --vae-tiling"
+
+
+def _check_init_image(r: GenerationRequest, variant: ModelVariant) -> None:
+    """An init image must be a file PIL can read: before, a text file failed with a traceback in
+    the middle of the run (after the model had loaded)."""
+    if variant.needs_init_image and not r.init_image:
+        raise InputError("--init-image", None, f"{variant.key} is an img2img refiner and needs --init-image PATH")
+    if not r.init_image:
+        return
+    path = Path(r.init_image)
+    if not path.is_file():
+        raise InputError("--init-image", r.init_image, "is a directory, not an image file" if path.is_dir()
+                         else "no such file")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise InputError("--init-image", r.init_image, f"not an image PIL can read ({str(exc).splitlines()[0]})") \
+            from None
+
+
 def check_inputs(req: GenerationRequest) -> tuple[GenerationRequest, ModelVariant]:
-    """Every user error, named by its option and value, before anything loads or is written."""
+    """Every user error, named by its option and value, before anything loads or is written.
+
+    Nothing here creates a file or directory, so a request refused by any check leaves no trace.
+    The Python API, the command line, the service and the in-process workload all come through here,
+    so numbers are type-checked too (a string for --steps from a service request, NaN from a config).
+    """
+    if req.custom_model and req.model_family not in FAMILY_PIPELINES:
+        raise InputError("--model-family", req.model_family, f"must be one of {', '.join(sorted(FAMILY_PIPELINES))}")
     try:
         variant = req.variant()
     except UnknownVariantError as exc:
         raise InputError("--model-variant", req.model_variant, exc.message.split(": ", 1)[-1]) from None
+    if not isinstance(req.prompts, list | tuple) or not all(isinstance(p, str) for p in req.prompts):
+        raise InputError("--prompt", req.prompts, "must be a list of strings")
+    _whole("--images-per-prompt", req.images_per_prompt, 1, MAX_IMAGES, "the per-run image limit")
     r = req.resolved()
-    if r.steps < 1:
-        raise InputError("--steps", r.steps, "must be at least 1")
+    _check_device(r)
+    _whole("--steps", r.steps, 1, MAX_STEPS, "schedulers are trained on 1000 timesteps")
     if variant.allowed_steps and r.steps not in variant.allowed_steps:
         raise InputError("--steps", r.steps, f"{variant.key} ships checkpoints for {variant.allowed_steps} steps only")
+    biggest = variant.native_size * MAX_SIZE_FACTOR
     for opt, val in (("--height", r.height), ("--width", r.width)):
+        _whole(opt, val, 1, biggest, f"{MAX_SIZE_FACTOR}x the native {variant.native_size} of {variant.key}")
         if val < variant.size_factor or val % variant.size_factor:
             raise InputError(opt, val, f"must be a positive multiple of {variant.size_factor} for {variant.family} models")
-    if r.guidance_scale < 0:
+    if _real("--guidance-scale", r.guidance_scale) < 0:
         raise InputError("--guidance-scale", r.guidance_scale, "must be >= 0")
-    if r.batch_size != "auto" and int(r.batch_size) < 1:
-        raise InputError("--batch-size", r.batch_size, "must be at least 1 or 'auto'")
-    for opt, val in (("--num-images", r.num_images), ("--images-per-prompt", r.images_per_prompt)):
-        if val < 1:
-            raise InputError(opt, val, "must be at least 1")
-    if r.warmup < 0:
-        raise InputError("--warmup", r.warmup, "must be >= 0")
+    if not 0 < _real("--strength", r.strength) <= 1:
+        raise InputError("--strength", r.strength, "must be in (0, 1]: the fraction of the steps run on the init image")
+    _whole("--num-images", r.num_images, 1, MAX_IMAGES, "the per-run image limit")
+    _whole("--seed", r.seed, 0, MAX_SEED - (r.num_images - 1), "seeds are 64-bit and image i uses seed + i")
+    if r.batch_size != "auto":
+        _whole("--batch-size", r.batch_size, 1, MAX_IMAGES, "the per-run image limit; or 'auto'")
+    _whole("--warmup", r.warmup, 0, MAX_WARMUP, "untimed runs before measuring")
     try:
         schedulers.check_fits(r.scheduler, variant.family)
     except schedulers.SchedulerError as exc:
         raise InputError("--scheduler", r.scheduler, str(exc)) from None
-    if r.style and r.style not in load_styles(r.style_file):
-        raise InputError("--style", r.style, f"unknown style; known: {', '.join(sorted(load_styles(r.style_file)))}")
-    if variant.needs_init_image:
-        if not r.init_image:
-            raise InputError("--init-image", None, f"{variant.key} is an img2img refiner and needs --init-image PATH")
-        if not Path(r.init_image).is_file():
-            raise InputError("--init-image", r.init_image, "no such file")
-        if int(r.steps * r.strength) < 1:
-            raise InputError("--steps", r.steps, f"with strength {r.strength} the refiner would run no denoising step")
+    if r.style_file or r.style:
+        styles = load_styles(r.style_file)
+        if r.style and r.style not in styles:
+            raise InputError("--style", r.style, f"unknown style; known: {', '.join(sorted(styles))}")
+    _check_init_image(r, variant)
+    if variant.needs_init_image and int(r.steps * r.strength) < 1:
+        raise InputError("--steps", r.steps, f"with strength {r.strength} the refiner would run no denoising step")
     if r.execution.cpu_offload != "none":
         from .pipeline import resolve_device
 
         if resolve_device(r.execution.device) == "cpu":
             raise InputError("--cpu-offload", r.execution.cpu_offload,
                             "moves weights between the CPU and a GPU; there is no GPU here (--device cpu)")
+    if r.execution.device in ("auto", "cuda"):
+        total = _cuda_total_bytes()
+        problem = memory_problem(r, total) if total else None
+        if problem:
+            raise InputError(*problem)
     if r.clip_model:
         from .quality import check_clip_path
 
@@ -149,15 +287,28 @@ def check_inputs(req: GenerationRequest) -> tuple[GenerationRequest, ModelVarian
         except ImportError:
             raise InputError("--attention", "xformers",
                             "xformers is not installed (pip install '.[xformers]'), use sdpa") from None
+    _check_outputs(r)
+    return r, variant
+
+
+def _check_outputs(r: GenerationRequest) -> None:
+    """Where the run writes: checked last and without creating anything (see ``outputs.check_writable_dir``)."""
+    reason = outputs.check_file_prefix(r.output_prefix)
+    if reason:
+        raise InputError("--output-prefix", r.output_prefix, reason)
     if r.save_images:
         reason = outputs.check_writable_dir(Path(r.output_dir))
         if reason:
             raise InputError("--output-dir", r.output_dir, reason)
     if r.export_metrics:
-        reason = outputs.check_writable_dir(Path(r.export_metrics).resolve().parent)
+        target = Path(r.export_metrics)
+        if target.is_dir() or str(r.export_metrics).endswith(("/", os.sep)):
+            raise InputError("--export-metrics", r.export_metrics, "is a directory; give the metrics JSON file's path")
+        if target.exists() and not os.access(target, os.W_OK):
+            raise InputError("--export-metrics", r.export_metrics, "not writable")
+        reason = outputs.check_writable_dir(target.absolute().parent)
         if reason:
-            raise InputError("--export-metrics", r.export_metrics, reason)
-    return r, variant
+            raise InputError("--export-metrics", r.export_metrics, f"its directory {reason}")
 
 
 def expand_jobs(r: GenerationRequest) -> list[tuple[str, int]]:

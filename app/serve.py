@@ -14,18 +14,112 @@ server (gunicorn, waitress) in front for anything else.
 from __future__ import annotations
 
 import argparse
+import difflib
+import json
+import math
 import sys
 import time
+from collections.abc import Callable
 
 from flask import Flask, Response, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 from sd_energy_contract.errors import InputError
 
+MAX_BODY_BYTES = 1 << 20  # a request is a prompt and a few numbers: 1 MiB is generous (413 beyond)
+MAX_IMAGES_PER_REQUEST = 16  # several images come back base64 in one JSON body; more is a batch job
 
-def create_app(generate, info: dict) -> Flask:
+# The request's fields: name -> (expected Python types, default). A default of None means required.
+FIELDS: dict[str, tuple[tuple[type, ...], object]] = {
+    "prompt": ((str,), None),
+    "width": ((int,), 512),
+    "height": ((int,), 512),
+    "num_images": ((int,), 1),
+    "num_inference_steps": ((int,), 25),
+    "guidance_scale": ((int, float), 7.5),
+    "seed": ((int,), 0),
+}
+# check_inputs names command-line options; the service answers with the request field instead.
+OPTION_FIELDS = {"--prompt": "prompt", "--width": "width", "--height": "height", "--num-images": "num_images",
+                 "--batch-size": "num_images", "--steps": "num_inference_steps", "--guidance-scale": "guidance_scale",
+                 "--seed": "seed"}
+
+
+class BadField(Exception):
+    """A request field the service refuses: answered 400 ``{"error": message, "field": field}``."""
+
+    def __init__(self, field: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.field, self.message, self.status = field, message, status
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    return "a number" if float in types else "an integer" if int in types else "a string"
+
+
+def parse_request(raw: bytes, max_images: int = MAX_IMAGES_PER_REQUEST) -> dict:
+    """The body of ``POST /generate`` as checked, typed fields (defaults filled in), or ``BadField``.
+
+    Strict on purpose: a string for a number, a list for the prompt, a float for an integer, a bool
+    for anything numeric or an unknown field (a typo such as ``steps``) is refused, naming the field,
+    rather than converted (``int("4.5")`` used to be a 400 without a field, ``str([...])`` a prompt).
+    """
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadField("body", f"bad request: the body is not JSON ({exc})") from None
+    if not isinstance(body, dict):
+        raise BadField("body", f"bad request: the body must be a JSON object, not {type(body).__name__}")
+    for name in body:
+        if name not in FIELDS:
+            close = difflib.get_close_matches(str(name), FIELDS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise BadField(str(name), f"bad request: unknown field {name!r}{hint}; known: {', '.join(FIELDS)}")
+    fields = {}
+    for name, (types, default) in FIELDS.items():
+        if name not in body:
+            if default is None:
+                raise BadField(name, f"bad request: {name!r} is required")
+            fields[name] = default
+            continue
+        value = body[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise BadField(name, f"bad request: {name!r} must be {_type_name(types)}, not {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BadField(name, f"bad request: {name!r} must be a finite number")
+        fields[name] = value
+    if not 1 <= fields["num_images"] <= max_images:
+        raise BadField("num_images", f"bad request: 'num_images' must be between 1 and {max_images} per request")
+    return fields
+
+
+def create_app(generate: Callable[..., list], info: dict, max_images: int = MAX_IMAGES_PER_REQUEST) -> Flask:
     """The service around ``generate(prompt, width, height, num_images, steps, guidance, seed=...)``,
-    which raises ``InputError`` for a request the model cannot take (answered 400 with its message)."""
+    which raises ``InputError`` for a request the model cannot take (steps, size and seed bounds come
+    from ``check_inputs``, the one place they are defined). Every refusal is JSON naming the field.
+
+    ``generate`` serialises generations itself (``request_generator`` holds a lock); ``/health``
+    takes no lock, so it answers while a generation runs.
+    """
     app = Flask("sd-energy-serve")
+    app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+
+    @app.errorhandler(BadField)
+    def bad_field(exc: BadField):
+        return jsonify({"error": exc.message, "field": exc.field}), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        """413 (body over ``MAX_BODY_BYTES``), 404, 405... as JSON, like every other answer."""
+        field = "body" if exc.code == 413 else None
+        message = f"request body over {MAX_BODY_BYTES} bytes" if exc.code == 413 else exc.description
+        return jsonify({"error": f"{exc.name}: {message}", "field": field}), exc.code
+
+    @app.errorhandler(Exception)
+    def internal_error(exc: Exception):
+        """A failure inside generation: logged with its traceback, answered as one JSON line."""
+        app.logger.exception("generation failed")
+        return jsonify({"error": f"internal error: {type(exc).__name__}: {exc}", "field": None}), 500
 
     @app.get("/health")
     def health():
@@ -35,21 +129,14 @@ def create_app(generate, info: dict) -> Flask:
     def generate_route():
         from .harness import b64_png, encode_png
 
-        body = request.get_json(silent=True) or {}
-        try:
-            prompt = str(body["prompt"])
-            width, height = int(body.get("width", 512)), int(body.get("height", 512))
-            n = int(body.get("num_images", 1))
-            steps = int(body.get("num_inference_steps", 25))
-            guidance = float(body.get("guidance_scale", 7.5))
-            seed = int(body.get("seed", 0))
-        except (KeyError, TypeError, ValueError) as exc:
-            return jsonify({"error": f"bad request: {exc}"}), 400
+        f = parse_request(request.get_data(cache=False), max_images)
         t0 = time.perf_counter()
         try:
-            images = generate(prompt, width, height, n, steps, guidance, seed=seed)
+            images = generate(f["prompt"], f["width"], f["height"], f["num_images"], f["num_inference_steps"],
+                              f["guidance_scale"], seed=f["seed"])
         except InputError as exc:
-            return jsonify({"error": str(exc)}), 400
+            field = OPTION_FIELDS.get(exc.option, exc.option.lstrip("-").replace("-", "_"))
+            return jsonify({"error": str(exc), "field": field}), 400
         latency = time.perf_counter() - t0
         if len(images) == 1:
             return Response(encode_png(images[0]), mimetype="image/png", headers={"X-Latency-S": f"{latency:.4f}"})
