@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 import warnings
@@ -42,24 +43,52 @@ def _common(f):
     return f
 
 
+def _finite_slowdown(ctx, param, value: float) -> float:
+    """``--max-slowdown`` NaN would silently disable every comparison and inf means nothing a negative doesn't."""
+    if not math.isfinite(value):
+        raise InputError("--max-slowdown", value, "must be a finite number (0.05 = 5 %; negative: no limit)")
+    return value
+
+
 def _objective(f):
     f = click.option("--objective", default="edp", type=click.Choice(OBJECTIVES), show_default=True)(f)
-    f = click.option("--max-slowdown", default=0.05, type=float, show_default=True,
+    f = click.option("--max-slowdown", default=0.05, type=float, show_default=True, callback=_finite_slowdown,
                      help="Allowed slowdown vs the max clock (0.05 = 5 %); negative = no limit.")(f)
     return f
+
+
+def parse_clocks(text: str) -> list[float]:
+    """``--clocks 1410,1200``: finite, positive MHz, at least one; anything else names the value."""
+    items = [c.strip() for c in text.split(",") if c.strip()]
+    if not items:
+        raise InputError("--clocks", repr(text), "no clock in it (comma-separated MHz, e.g. 1410,1200)")
+    clocks = []
+    for item in items:
+        try:
+            f = float(item)
+        except ValueError:
+            raise InputError("--clocks", text, f"{item!r} is not a number (comma-separated MHz)") from None
+        if not math.isfinite(f) or f <= 0:
+            raise InputError("--clocks", text, f"{item!r} is not a clock (a positive number of MHz)")
+        clocks.append(f)
+    return clocks
 
 
 def _load(results, gpu, need_clocks: int = 0):
     """Runs and the feature table of one GPU type (``--gpu``; several types without it is an error)."""
     warnings.filterwarnings("ignore")
+    notes: list[str] = []
     try:
-        runs = feat.select_gpu(load_runs(list(results)), gpu)
+        runs = feat.select_gpu(load_runs(list(results), notes), gpu)
         table = feat.feature_table(runs)
         if need_clocks:
             feat.check_fittable(table, need_clocks)
     except DataError as exc:
         opt = "--gpu" if str(exc).startswith("--gpu") or "--gpu" in str(exc) else "RESULTS"
         raise InputError(opt, None, str(exc).removeprefix(f"--gpu {gpu}: ")) from None
+    finally:  # said even when the data then fails: the skipped rows may be why
+        for text in notes:
+            click.echo(f"warning: {text}", err=True)
     return runs, table
 
 
@@ -120,7 +149,18 @@ def _out(out: str | None) -> Path | None:
     return p
 
 
-@click.group(context_settings=CONTEXT)
+class _Group(click.Group):
+    """A ``DataError`` from any step (a model given data it cannot use, say) is a user's input problem:
+    one line naming what is wrong, exit 2, like every other error of this command line."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except DataError as exc:
+            raise InputError("RESULTS", None, str(exc)) from None
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
 def cli():
     """From launcher results (or the reference V100 tables) to feature tables, models, optimal clocks and reports."""
 
@@ -188,10 +228,7 @@ def fit(results, gpu, out, kind, save):
 @click.option("--clocks", required=True, help="Comma-separated SM clocks (MHz) to predict at.")
 def predict(results, gpu, out, clocks):
     """Predict power, time and energy at given clocks (per-workload physical model, 90 % band)."""
-    try:
-        fs = [float(c) for c in clocks.split(",") if c.strip()]
-    except ValueError:
-        raise InputError("--clocks", clocks, "must be comma-separated MHz numbers") from None
+    fs = parse_clocks(clocks)
     runs, table = _load(results, gpu, need_clocks=3)
     rows = []
     for wl, g, m in physical_fits(table, n_bootstrap=BAND_BOOTSTRAP):

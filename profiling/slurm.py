@@ -6,11 +6,20 @@ A site edits ``slurm/site.yaml`` (or points ``SD_ENERGY_SITE`` at its own copy),
 runs ``python -m profiling.slurm render`` to refresh the scripts for ``sbatch slurm/submit_a100.sh``,
 or submits through ``python -m profiling.slurm submit``, which checks the experiment file and the
 partition first, so bad settings fail at submission, not inside the job.
+
+Every site value is checked (``check_site``) before it is rendered, because it lands in a shell
+script: a newline would start a new command under the ``#SBATCH`` comment, and ``$(...)`` or a
+backtick inside the double-quoted defaults would run at job start. Names (partition, account,
+modules, ...) must look like SLURM and module names; paths may hold spaces but none of the
+characters double quotes still expand. An experiment is checked as the launcher will read it:
+each value converted by its launcher option's type, then ``SweepConfig.check()``.
 """
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -23,6 +32,7 @@ import yaml
 from sd_energy_contract.errors import InputError
 
 from .cli_support import run_cli
+from .planning import slice_clocks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SITE_FILE = REPO_ROOT / "slurm" / "site.yaml"
@@ -31,17 +41,106 @@ SITE_KEYS = {"partition", "account", "qos", "time", "gpus", "gpu_option", "const
              "modules", "python", "signal_seconds", "requeue", "results_dir", "extra_sbatch"}
 
 
+# What each kind of site value may hold. SLURM names (partition lists, accounts, QoS) and module
+# names have no shell metacharacters or spaces; a constraint adds SLURM's operators (&|[]*!), which
+# are harmless here: #SBATCH lines are comments to bash, and the options' copy is single-quoted.
+NAME = re.compile(r"[A-Za-z0-9_.+,-]+")
+MODULE = re.compile(r"[A-Za-z0-9_.+@%=:/~-]+")
+CONSTRAINT = re.compile(r"[A-Za-z0-9_.,&|*!\[\]()=:+-]+")
+TIME = re.compile(r"(\d+-)?\d+(:\d+){0,2}|\d+-\d+|infinite|unlimited|UNLIMITED")
+MEMORY = re.compile(r"\d+[KMGTkmgt]?[Bb]?")
+# Inside the rendered script's double quotes these still expand ($, `), end the string (") or
+# escape (\\); control characters (a newline) end the line. A path needs none of them.
+PATH_UNSAFE = re.compile(r"[$`\"\\\x00-\x1f\x7f]")
+CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _bad(where: str, key: str, value: object, problem: str) -> InputError:
+    """One line naming the site file, the key and the value (repr: a newline shows as \\n)."""
+    return InputError(f"{where}: {key}", repr(value), problem)
+
+
+def _int_setting(where: str, site: dict, key: str, low: int, high: int | None = None) -> None:
+    value = site.get(key)
+    if value in (None, ""):
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        raise _bad(where, key, value, f"must be a whole number {bound}")
+
+
+def check_site(site: object, where: str = "site settings") -> dict:
+    """Every site value checked before it is rendered into a script; returns the settings.
+
+    A value that could become shell (``;``, a backtick, ``$(...)``, a newline) is refused with one
+    line naming the key, never escaped silently: it is a typo or an attack, and either way the
+    job would not do what the file says.
+    """
+    if not isinstance(site, dict):
+        raise InputError("SD_ENERGY_SITE", where, f"must be a mapping of setting: value, not a {type(site).__name__}")
+    unknown = set(map(str, site)) - SITE_KEYS
+    if unknown:
+        raise InputError("SD_ENERGY_SITE", where, f"unknown setting(s) {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(sorted(SITE_KEYS))}")
+    for key in ("partition", "account", "qos"):
+        value = site.get(key)
+        if value not in (None, "") and not (isinstance(value, str) and NAME.fullmatch(value)):
+            raise _bad(where, key, value, "must be a SLURM name (letters, digits and _ . + , - only)")
+    value = site.get("time")
+    if value not in (None, "") and not (isinstance(value, int) and not isinstance(value, bool) and value > 0
+                                        or isinstance(value, str) and TIME.fullmatch(value)):
+        raise _bad(where, "time", value, "must be a SLURM time limit (minutes, HH:MM:SS or D-HH:MM:SS)")
+    value = site.get("mem")
+    if value not in (None, "") and not (isinstance(value, int) and not isinstance(value, bool) and value > 0
+                                        or isinstance(value, str) and MEMORY.fullmatch(value)):
+        raise _bad(where, "mem", value, "must be a SLURM memory size (e.g. 64G, 120000M)")
+    _int_setting(where, site, "gpus", 0)
+    _int_setting(where, site, "cpus_per_task", 1)
+    _int_setting(where, site, "signal_seconds", 1, 65535)
+    if site.get("gpu_option") not in (None, "", "gpus", "gres"):
+        raise _bad(where, "gpu_option", site["gpu_option"], "must be gpus (--gpus=N) or gres (--gres=gpu:N)")
+    if not isinstance(site.get("requeue", True), bool):
+        raise _bad(where, "requeue", site["requeue"], "must be true or false")
+    constraint = site.get("constraint")
+    per_gpu = constraint if isinstance(constraint, dict) else {None: constraint}
+    for gpu, value in per_gpu.items():
+        key = "constraint" if gpu is None else f"constraint.{gpu}"
+        if gpu is not None and gpu not in GPU_TYPES:
+            raise _bad(where, "constraint", gpu, f"not a GPU type; constraints are given per {', '.join(GPU_TYPES)}")
+        if value not in (None, "") and not (isinstance(value, str) and CONSTRAINT.fullmatch(value)):
+            raise _bad(where, key, value, "must be a SLURM constraint (names and & | , [ ] * ! only)")
+    modules = site.get("modules")
+    if modules not in (None, "") and not isinstance(modules, (list, str)):
+        raise _bad(where, "modules", modules, "must be a list of module names")
+    for m in (modules.split() if isinstance(modules, str) else modules or []):
+        if not (isinstance(m, str) and MODULE.fullmatch(m)):
+            raise _bad(where, "modules", m, "not a module name (letters, digits and _ . + / @ % = : ~ - only)")
+    for key in ("python", "results_dir"):
+        value = site.get(key)
+        if value in (None, ""):
+            continue
+        if not isinstance(value, str) or PATH_UNSAFE.search(value):
+            raise _bad(where, key, value, "must be a plain path (no $, `, \", \\ or control characters: the job "
+                       "script would expand them); set SD_ENERGY_" + ("PYTHON" if key == "python" else "RESULTS")
+                       + " in the job's environment for anything computed")
+    extra = site.get("extra_sbatch")
+    if extra not in (None, "") and not isinstance(extra, list):
+        raise _bad(where, "extra_sbatch", extra, "must be a list of sbatch options")
+    for opt in extra or []:
+        if not (isinstance(opt, str) and opt.startswith("-") and not CONTROL.search(opt)):
+            raise _bad(where, "extra_sbatch", opt, "must be an sbatch option on one line (starting with -)")
+    return site
+
+
 def load_site(path: str | Path | None = None) -> dict:
     path = Path(path or os.environ.get("SD_ENERGY_SITE") or SITE_FILE)
     try:
         site = yaml.safe_load(path.read_text()) or {}
     except OSError as exc:
         raise InputError("SD_ENERGY_SITE", str(path), f"cannot read site settings: {exc.strerror}") from None
-    unknown = set(site) - SITE_KEYS
-    if unknown:
-        raise InputError("SD_ENERGY_SITE", str(path), f"unknown setting(s) {', '.join(sorted(unknown))}; "
-                        f"known: {', '.join(sorted(SITE_KEYS))}")
-    return site
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise InputError("SD_ENERGY_SITE", str(path), f"not valid YAML ({str(exc).splitlines()[0]})") from None
+    return check_site(site, str(path))
 
 
 def sbatch_options(site: dict, gpu_type: str, array: str | None = None) -> list[str]:
@@ -71,10 +170,13 @@ def sbatch_options(site: dict, gpu_type: str, array: str | None = None) -> list[
 
 
 def render(gpu_type: str, site: dict, array_tasks: int | None = None) -> str:
+    """The sbatch script of ``gpu_type``; ``site`` is checked again here, so no caller can render an unchecked value."""
+    check_site(site)
     array = f"0-{array_tasks - 1}" if array_tasks else None
     opts = sbatch_options(site, gpu_type, array)
     header = "\n".join(f"#SBATCH {o}" for o in opts)
-    modules = " ".join(site.get("modules") or [])
+    modules = site.get("modules") or ""
+    modules = modules if isinstance(modules, str) else " ".join(modules)
     kind = f"an array sweep: {array_tasks} tasks, one slice of the clock list each" if array_tasks else "one sweep"
     usage = (f"sbatch slurm/submit_array.sh [EXPERIMENT]   (GPU_TYPE={gpu_type} by default)" if array_tasks
              else f"sbatch slurm/submit_{gpu_type.lower()}.sh [EXPERIMENT]")
@@ -104,22 +206,78 @@ def experiment_path(name: str) -> Path:
     return REPO_ROOT / "configs" / "experiments" / f"{name}.yaml"
 
 
-def check_experiment(name: str) -> Path:
+def check_experiment(name: str, gpu_type: str | None = None, array_tasks: int | None = None) -> Path:
+    """The experiment file checked as the job's launcher will read it; returns its path.
+
+    Names first (``load_config_file``: unknown keys, with the close match), then each value through
+    its launcher option's click type (``num-runs: abc``), then ``SweepConfig.check()`` with what the
+    job adds: the GPU type, and a clock slice for an array (guided mode cannot be sliced).
+    """
     path = experiment_path(name)
     if not path.is_file():
         known = sorted(q.stem for q in (REPO_ROOT / "configs" / "experiments").glob("*.yaml"))
         raise InputError("EXPERIMENT", name, f"no experiment file {path}; known: {', '.join(known)}")
     try:
         data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise InputError("EXPERIMENT", name, f"{path} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise InputError("EXPERIMENT", name, f"cannot read {path}: {exc.strerror}") from None
     if not isinstance(data, dict):
         raise InputError("EXPERIMENT", name, f"{path} must be a mapping of launcher options")
     from .cli_support import load_config_file
     from .launch import cli as launch_cli
 
-    load_config_file(str(path), launch_cli)  # unknown launcher options fail here, at submission
+    values = load_config_file(str(path), launch_cli)  # unknown launcher options fail here, at submission
+    try:
+        _check_values(values, launch_cli, gpu_type, array_tasks)
+    except InputError as exc:
+        raise InputError("EXPERIMENT", name, str(exc) if str(path) == name else f"{path}: {exc}") from None
     return path
+
+
+def _check_values(values: dict, command: click.Command, gpu_type: str | None, array_tasks: int | None) -> None:
+    """Each value converted as click converts the option on a command line, then the sweep's own check."""
+    from .config import SweepConfig
+
+    params = {p.name: p for p in command.params if isinstance(p, click.Option)}
+    ctx = click.Context(command)
+    typed = {}
+    for key, value in values.items():
+        param = params[key]
+        option = max(param.opts, key=len)
+        if value is None:
+            raise InputError(option, None, "has no value (leave the key out for the default)")
+        if isinstance(value, (list, dict)):
+            raise InputError(option, repr(value), "must be a single value, as on the command line")
+        if isinstance(param.type, (click.types.IntParamType, click.types.FloatParamType)):
+            # click would take 2.5 as 2 and true as 1: a number in a YAML file is exactly what is meant
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not (number or isinstance(value, str)) or (isinstance(param.type, click.types.IntParamType)
+                                                          and isinstance(value, float) and not value.is_integer()):
+                raise InputError(option, repr(value), f"must be {'a whole number' if param.type.name == 'integer' else 'a number'}")
+        try:
+            typed[key] = param.type.convert(value, param, ctx)
+        except click.BadParameter as exc:
+            raise InputError(option, None, exc.message.rstrip(".")) from None
+    if gpu_type:
+        typed["gpu_type"] = gpu_type  # job.sh passes --gpu-type, which beats the file
+    exe = typed.get("app_executable")
+    if exe and not Path(exe).is_absolute():  # the job runs from the checkout (SD_ENERGY_ROOT)
+        typed["app_executable"] = str(REPO_ROOT / exe)
+    if array_tasks:
+        typed["clock_slice"] = f"0/{array_tasks}"
+    cfg = SweepConfig(**typed).check()
+    # What check() leaves to the GPU, but that needs no GPU to be refused.
+    for key in ("timeout", "sleep_interval", "sampling_interval", "idle_seconds", "max_slowdown"):
+        if not math.isfinite(getattr(cfg, key)):
+            raise InputError("--" + key.replace("_", "-"), getattr(cfg, key), "must be a finite number")
+    if cfg.custom_frequencies is not None:
+        items = cfg.custom_frequencies.replace(" ", "").split(",")
+        if not all(x.isdigit() and int(x) > 0 for x in items if x) or not any(items):
+            raise InputError("--custom-frequencies", cfg.custom_frequencies, "must be comma-separated MHz integers")
+    if cfg.clock_slice and not array_tasks:
+        slice_clocks(list(range(1 << 16)), cfg.clock_slice)  # K/N syntax only: the clock count needs the GPU
 
 
 def check_partition(site: dict) -> None:
@@ -144,6 +302,8 @@ def cli():
 @click.option("--array-tasks", default=4, show_default=True, help="Tasks of submit_array.sh.")
 def render_cmd(site, out_dir, array_tasks):
     """Write submit_{v100,a100,h100,h200}.sh and submit_array.sh."""
+    if array_tasks < 1:
+        raise InputError("--array-tasks", array_tasks, "must be at least 1")
     settings = load_site(site)
     out = Path(out_dir)
     for gpu in GPU_TYPES:
@@ -167,10 +327,10 @@ def submit_cmd(gpu_type, experiment, site, array_tasks, dependency):
     """Validate the experiment and site settings, then sbatch the rendered script. Prints the job id."""
     gpu_type = gpu_type.upper()
     settings = load_site(site)
-    check_experiment(experiment)
-    check_partition(settings)
     if array_tasks is not None and array_tasks < 1:
         raise InputError("--array-tasks", array_tasks, "must be at least 1")
+    check_experiment(experiment, gpu_type, array_tasks)
+    check_partition(settings)
     if not shutil.which("sbatch"):
         raise InputError("sbatch", None, "not found on PATH: is this a SLURM login node?")
     script = REPO_ROOT / "results" / "slurm" / f"submit_{gpu_type.lower()}{'_array' if array_tasks else ''}.sh"

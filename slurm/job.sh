@@ -9,8 +9,19 @@ experiment="$2"
 root="${SD_ENERGY_ROOT:-${SLURM_SUBMIT_DIR:-$PWD}}"
 cd "$root" || exit 2
 
+# Split into words without glob expansion (an unquoted $SD_ENERGY_MODULES would expand `*`), and refuse
+# anything that is not a module name: the variable may come from the job's environment, not only from
+# the rendered script, whose values profiling/slurm.py has checked.
 if [ -n "${SD_ENERGY_MODULES:-}" ]; then
-  for m in $SD_ENERGY_MODULES; do module load "$m" || exit 2; done
+  read -r -a modules <<< "$SD_ENERGY_MODULES"
+  for m in "${modules[@]}"; do
+    case "$m" in
+      *[!A-Za-z0-9_.+@%=:/~-]*)
+        echo "error: SD_ENERGY_MODULES $m: not a module name (letters, digits and _ . + / @ % = : ~ - only)" >&2
+        exit 2 ;;
+    esac
+  done
+  for m in "${modules[@]}"; do module load "$m" || exit 2; done
 fi
 case "$experiment" in
   */*|*.yaml|*.yml) exp_file="$experiment" ;;
