@@ -72,7 +72,7 @@ def parse_request(raw: bytes, max_images: int = MAX_IMAGES_PER_REQUEST) -> dict:
         raise BadField("body", f"bad request: the body must be a JSON object, not {type(body).__name__}")
     for name in body:
         if name not in FIELDS:
-            close = difflib.get_close_matches(str(name), FIELDS, n=1)
+            close = [f for f in FIELDS if str(name) in f] or difflib.get_close_matches(str(name), FIELDS, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise BadField(str(name), f"bad request: unknown field {name!r}{hint}; known: {', '.join(FIELDS)}")
     fields = {}
@@ -145,8 +145,31 @@ def create_app(generate: Callable[..., list], info: dict, max_images: int = MAX_
     return app
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is ``InputError`` (one line, exit 2) rather than usage text."""
+
+    def error(self, message: str):
+        import re
+
+        m = re.match(r"argument (\S+?)(?:/\S+)?: (.*)", message)
+        if m:
+            raise InputError(m.group(1), None, m.group(2))
+        m = re.match(r"unrecognized arguments: (\S+)", message)
+        if m:
+            raise InputError(m.group(1), None, "no such option")
+        raise InputError("arguments", None, message)
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    try:
+        return _main(argv)
+    except InputError as exc:
+        print(f"error: {exc}".replace("\n", " "), file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
+    ap = _OneLineParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-variant", default="sd-v1.5")
     ap.add_argument("--weights", default="auto", choices=["auto", "pretrained", "random", "tiny"])
     ap.add_argument("--scheduler", default=None)
@@ -155,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8765)
     a = ap.parse_args(argv)
+    if not 0 <= a.port <= 65535:
+        raise InputError("--port", a.port, "must be between 0 and 65535")
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -162,16 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     from .runner import GenerationRequest, check_inputs, load, request_generator
     from .timing import PhaseRecorder
 
-    try:
-        # Requests bring their own prompt, size, steps and guidance; the model and how it runs are fixed here.
-        base, variant = check_inputs(GenerationRequest(
-            model_variant=a.model_variant, weights=a.weights, scheduler=a.scheduler,
-            execution=ExecutionOptions(device=a.device, dtype=a.dtype), save_images=False))
-        recorder, cache = PhaseRecorder.from_env(a.device), PipelineCache()
-        wl = load(base, variant, recorder, cache)
-    except InputError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    # Requests bring their own prompt, size, steps and guidance; the model and how it runs are fixed here.
+    base, variant = check_inputs(GenerationRequest(
+        model_variant=a.model_variant, weights=a.weights, scheduler=a.scheduler,
+        execution=ExecutionOptions(device=a.device, dtype=a.dtype), save_images=False))
+    recorder, cache = PhaseRecorder.from_env(a.device), PipelineCache()
+    wl = load(base, variant, recorder, cache)
     info = {"model_variant": variant.key, "weights": wl.weights_source, "device": wl.device, "dtype": wl.dtype,
             "scheduler": wl.scheduler_class}
     app = create_app(request_generator(base, recorder, cache), info)
