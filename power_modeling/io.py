@@ -337,7 +337,8 @@ def load_runs(paths: list[str | Path], notes: list[str] | None = None) -> pd.Dat
     # NaN, inf, zero or negative: no measurement of a run has them, so the row is damaged or the run broken.
     bad = ~(np.isfinite(values) & (values > 0)).all(axis=1)
     if bad.all():
-        raise DataError("every run has missing (NaN), infinite, zero or negative time/energy/clock values")
+        raise DataError(f"{', '.join(map(str, paths))}: every run has missing (NaN), infinite, zero or negative "
+                        "time/energy/clock values")
     if df.loc[~bad, "warmup"].all():
         raise DataError(f"{', '.join(map(str, paths))}: no successful measured run (all failed, or only warm-up)")
     if bad.any():

@@ -228,7 +228,10 @@ def check_experiment(name: str, gpu_type: str | None = None, array_tasks: int | 
     from .cli_support import load_config_file
     from .launch import cli as launch_cli
 
-    values = load_config_file(str(path), launch_cli)  # unknown launcher options fail here, at submission
+    try:
+        values = load_config_file(str(path), launch_cli)  # unknown launcher options fail here, at submission
+    except InputError as exc:  # it names --config, which the job passes; the user wrote EXPERIMENT
+        raise InputError("EXPERIMENT", name, exc.problem if str(path) == name else f"{path}: {exc.problem}") from None
     try:
         _check_values(values, launch_cli, gpu_type, array_tasks)
     except InputError as exc:
