@@ -100,6 +100,25 @@ class AppOption(click.Option):
             raise InputError(name, value, f"{_expects(self)} {where}") from None
 
 
+class AppCommand(click.Command):
+    """A command whose usage errors (an unknown option, an option without its value, a stray argument)
+    are ``InputError`` lines that start with the option, like every other bad input, instead of click's
+    ``No such option '--stepz'.`` wording."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            close = f" (did you mean {', '.join(sorted(exc.possibilities))}?)" if exc.possibilities else ""
+            raise InputError(exc.option_name, None, f"no such option{close}") from None
+        except click.BadOptionUsage as exc:
+            raise InputError(exc.option_name, None, exc.message.replace(f"Option {exc.option_name!r} ", "")
+                             .rstrip(".")) from None
+        except click.UsageError as exc:
+            message = exc.format_message().rstrip(".").replace("Got unexpected", "unexpected")
+            raise InputError("arguments", None, f"{message}; every value follows its --option") from None
+
+
 def option(*decls: str, **kwargs):
     """``click.option`` with ``AppOption``: every option of this command line reports errors alike."""
     return click.option(*decls, cls=AppOption, **kwargs)
@@ -127,7 +146,7 @@ def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
     return prompts
 
 
-@click.command(context_settings=CONTEXT)
+@click.command(cls=AppCommand, context_settings=CONTEXT)
 @config_option
 @option("--model-variant", default="sd-v1.5", show_default=True, help="Registered variant (--list-variants).")
 @option("--custom-model", default=None, help="Any hub id or local directory of a diffusers pipeline.")

@@ -153,6 +153,34 @@ CLI_CASES = [
     pytest.param(["--style-file", "{style_nested.yaml}"], "--style-file", "not dict", id="style-file-nested"),
     pytest.param(["--style-file", "{style_ok.yaml}", "--style", "plain"], "--style plain", "unknown style",
                  id="style-not-in-file"),
+    # Moved from tests/test_app_inputs.py (same phrases, now also: the line starts with the option).
+    pytest.param(["--model-variant", "sd-v15"], "--model-variant sd-v15",
+                 "unknown model variant 'sd-v15' (did you mean sd-v1.5", id="variant-typo"),
+    pytest.param(["--scheduler", "eulr"], "--scheduler eulr", "unknown scheduler 'eulr' (did you mean euler",
+                 id="scheduler-typo"),
+    pytest.param(["--scheduler", "flow-euler"], "--scheduler flow-euler",
+                 "does not fit the noise-prediction model family 'sd1'", id="scheduler-flow-on-sd1"),
+    pytest.param(["--model-variant", "sd3-medium", "--scheduler", "ddim"], "--scheduler ddim",
+                 "does not fit the flow-matching model family 'sd3'", id="scheduler-ddim-on-sd3"),
+    pytest.param(["--steps", "0"], "--steps 0", "must be at least 1", id="steps-zero"),
+    pytest.param(["--height", "65"], "--height 65", "must be a positive multiple of 8", id="height-not-multiple"),
+    pytest.param(["--model-variant", "sd3-medium", "--width", "520"], "--width 520", "must be a positive multiple of 16",
+                 id="width-not-multiple-sd3"),
+    pytest.param(["--batch-size", "0"], "--batch-size 0", "must be at least 1", id="batch-zero"),
+    pytest.param(["--batch-size", "many"], "--batch-size many", "must be an integer or 'auto'", id="batch-text"),
+    pytest.param(["--guidance-scale", "-1"], "--guidance-scale -1.0", "must be >= 0", id="guidance-negative"),
+    pytest.param(["--prompt-file", "/no/such/prompts.txt"], "--prompt-file /no/such/prompts.txt", "No such file",
+                 id="prompt-file-missing"),
+    pytest.param(["--model-variant", "sdxl-refiner"], "--init-image",
+                 "sdxl-refiner is an img2img refiner and needs --init-image", id="refiner-without-init-image"),
+    pytest.param(["--model-variant", "sdxl-lightning", "--steps", "3"], "--steps 3",
+                 "ships checkpoints for (2, 4, 8) steps only", id="lightning-steps"),
+    pytest.param(["--style", "cubist"], "--style cubist", "unknown style", id="style-unknown"),
+    pytest.param(["--num-images", "0"], "--num-images 0", "must be at least 1", id="num-images-zero"),
+    pytest.param(["--benchmark-runs", "0"], "--benchmark-runs 0", "must be at least 1", id="repeats-zero"),
+    pytest.param(["--nonsense-flag"], "--nonsense-flag", "no such option", id="unknown-option"),
+    pytest.param(["--steps"], "--steps", "requires an argument", id="option-without-value"),
+    pytest.param(["stray"], "arguments", "unexpected extra argument (stray)", id="stray-argument"),
 ]
 
 
@@ -181,11 +209,12 @@ def test_cli_bad_input(args, option, phrase, files, tmp_path, monkeypatch, capsy
     monkeypatch.setenv(env.EVENTS_FILE, str(events))
     monkeypatch.setenv(env.METRICS_FILE, str(launcher_metrics))
     argv = [_fill(a, files) for a in args]
+    first = ["--weights", "tiny", "-q"]  # before the row's own, so a row may end with an option missing its value
     if "--output-dir" not in argv:
-        argv += ["--output-dir", str(out)]
+        first += ["--output-dir", str(out)]
     if "--export-metrics" not in argv:
-        argv += ["--export-metrics", str(metrics)]
-    rc = main([*argv, "--weights", "tiny", "-q"])
+        first += ["--export-metrics", str(metrics)]
+    rc = main([*first, *argv])
     captured = capsys.readouterr()
     assert rc == 2, captured
     lines = captured.err.splitlines()
