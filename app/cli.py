@@ -140,6 +140,9 @@ def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
             lines = Path(prompt_file).read_text().splitlines()
         except OSError as exc:
             raise InputError("--prompt-file", prompt_file, exc.strerror or "cannot read") from None
+        except UnicodeDecodeError as exc:  # a binary file was a traceback
+            raise InputError("--prompt-file", prompt_file, f"not UTF-8 text ({exc.reason} at byte {exc.start})") \
+                from None
         prompts += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
         if not prompts:
             raise InputError("--prompt-file", prompt_file, "holds no prompt")

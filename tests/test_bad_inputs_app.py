@@ -54,6 +54,8 @@ FILES: dict[str, str | bytes] = {
     "style_nested.yaml": "fancy: {a: b}\n",
     "style_binary.yaml": b"\xff\xfe\x00bad",
     "style_ok.yaml": "fancy: 'fancy, '\n",
+    "prompts_binary.txt": b"\xff\xfe\x00 a cat",
+    "prompts_comments.txt": "# only a comment\n\n",
 }
 
 # (id, arguments, the option the line must start with, a phrase it must hold). {name} is a file
@@ -153,6 +155,15 @@ CLI_CASES = [
     pytest.param(["--style-file", "{style_nested.yaml}"], "--style-file", "not dict", id="style-file-nested"),
     pytest.param(["--style-file", "{style_ok.yaml}", "--style", "plain"], "--style plain", "unknown style",
                  id="style-not-in-file"),
+    pytest.param(["--prompt-file", "{prompts_binary.txt}"], "--prompt-file", "not UTF-8 text", id="prompt-file-binary"),
+    pytest.param(["--prompt-file", "{dir}"], "--prompt-file", "Is a directory", id="prompt-file-directory"),
+    pytest.param(["--prompt-file", "{prompts_comments.txt}"], "--prompt-file", "holds no prompt",
+                 id="prompt-file-no-prompt"),
+    pytest.param(["--compare-models", ",,"], "--compare-models ,,", "names no model", id="compare-models-empty"),
+    pytest.param(["--compare-models", "sd-v15,sd-v1.5"], "--compare-models sd-v15", "unknown model variant",
+                 id="compare-models-typo"),
+    pytest.param(["--model-family", "sd9", "--custom-model", "x"], "--model-family sd9", "must be one of",
+                 id="model-family-unknown"),
     # Moved from tests/test_app_inputs.py (same phrases, now also: the line starts with the option).
     pytest.param(["--model-variant", "sd-v15"], "--model-variant sd-v15",
                  "unknown model variant 'sd-v15' (did you mean sd-v1.5", id="variant-typo"),
