@@ -6,7 +6,11 @@
 
 ``POST /generate`` takes the harness's JSON fields and answers ``image/png`` for one image, or
 ``{"images": [base64 PNG, ...], "latency_s": ...}`` for several. ``GET /health`` says what is loaded.
-Generations run one at a time (a lock): the GPU runs one batch, requests queue. Binds to 127.0.0.1
+A request the service refuses is JSON ``{"error": ..., "field": <name>}``: 400 for a field of the
+wrong type, an unknown field or a value out of bounds (steps, size and seed from ``check_inputs``,
+at most ``MAX_IMAGES_PER_REQUEST`` images), 413 for a body over ``MAX_BODY_BYTES``.
+Generations run one at a time (a lock): the GPU runs one batch, requests queue; ``/health`` takes
+no lock and answers while one runs (the server is threaded). Binds to 127.0.0.1
 unless told otherwise. Flask's built-in server is fine for benchmarks on one machine; put a WSGI
 server (gunicorn, waitress) in front for anything else.
 """
