@@ -539,8 +539,16 @@ def plot_trace(samples_csv: Path, title: str) -> Figure | None:
     samples_csv = Path(samples_csv)
     if not samples_csv.exists():
         return None
-    s = pd.read_csv(samples_csv)
-    if s.empty or "power_w" not in s:
+    try:
+        s = pd.read_csv(samples_csv)
+    except (OSError, ValueError):  # a damaged trace costs its figure, never the report
+        return None
+    if s.empty or not {"mono_s", "power_w"} <= set(s.columns):
+        return None
+    for col in ("mono_s", "power_w"):
+        s[col] = pd.to_numeric(s[col], errors="coerce")
+    s = s.dropna(subset=["mono_s", "power_w"])
+    if s.empty:
         return None
     t = (s["mono_s"] - s["mono_s"].iloc[0]).to_numpy(float)
     fig = Figure(figsize=(10, 3.8), layout="constrained")

@@ -19,6 +19,7 @@ from sd_energy_contract.errors import InputError
 from sd_energy_contract.gpus import load_gpu_specs
 from sd_energy_contract.phases import CLOCKED_PHASES
 
+from .backends import BACKENDS
 from .monitor import MIN_INTERVAL_S
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -127,6 +128,11 @@ class SweepConfig:
     # ---- the one check
     def check(self) -> SweepConfig:
         """Every problem that needs no GPU, as a one-line InputError naming the option; returns self."""
+        self._check_types()
+        if self.profiling_tool not in BACKENDS:
+            raise InputError("--profiling-tool", self.profiling_tool, f"one of {', '.join(BACKENDS)}")
+        if self.objective not in OBJECTIVES:
+            raise InputError("--objective", self.objective, f"one of {', '.join(OBJECTIVES)}")
         specs = load_gpu_specs()
         if self.gpu_type is not None and self.gpu_type not in specs:
             raise InputError("--gpu-type", self.gpu_type, f"unknown GPU type; known: {', '.join(specs)}")
@@ -155,6 +161,22 @@ class SweepConfig:
             self._check_guided()
         self._check_run_source()
         return self
+
+    def _check_types(self) -> None:
+        """Python callers and config files can pass anything: "abc" or 2.5 runs, True as a clock. The
+        command line converts already; here every field must have its declared type."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            kind = _KINDS.get(str(f.type).replace(" ", ""))
+            if kind is None or (value is None and "None" in str(f.type)):
+                continue
+            ok = (isinstance(value, bool) if kind is bool else
+                  isinstance(value, int) and not isinstance(value, bool) if kind is int else
+                  isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float else
+                  isinstance(value, str))
+            if not ok:
+                option = "--" + f.name.replace("_", "-")
+                raise InputError(option, value, f"must be {_KIND_NAMES[kind]}")
 
     def _check_guided(self) -> None:
         if self.guided_probes < 2:
@@ -192,6 +214,10 @@ class SweepConfig:
         if exe.suffix != ".py" and not os.access(exe, os.X_OK):
             raise InputError("--app-executable", self.app_executable, "not executable (chmod +x, or give a .py file)")
         self.app_args()  # fails early on unbalanced quotes
+
+
+_KINDS = {"str": str, "str|None": str, "int": int, "int|None": int, "float": float, "float|None": float, "bool": bool}
+_KIND_NAMES = {str: "text", int: "a whole number", float: "a number", bool: "true or false"}
 
 
 def _number(option: str, value: float, low: float, what: str, strict: bool = False) -> None:

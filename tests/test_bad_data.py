@@ -271,8 +271,6 @@ def test_report_survives_damaged_data_and_says_what_it_skipped(recorded, tmp_pat
         assert said in notes, err
 
 
-@pytest.mark.xfail(strict=True, reason="power_modeling/report.py plot_trace reads the traced run's samples file "
-                   "with pd.read_csv unguarded (requested: return None on OSError/ValueError)")
 def test_report_survives_a_garbage_samples_file_of_the_traced_run(recorded, tmp_path, capsys):
     d = copy_of(recorded, tmp_path, every_samples_file(GARBAGE))
     rc = pm_main(["report", str(d)])
