@@ -95,7 +95,7 @@ def test_other_return_shapes():
 
 
 @pytest.mark.parametrize("args, expect", [
-    (["--concurrency", "0"], "--concurrency 0: levels must be integers >= 1"),
+    (["--concurrency", "0"], "--concurrency 0: levels must be integers between 1 and 256"),
     (["--concurrency", "x"], "--concurrency x: must be comma-separated integers"),
     (["--iterations", "0"], "--iterations 0: must be at least 1"),
     (["--url", "http://127.0.0.1:9/generate"], "--url http://127.0.0.1:9/generate: unreachable"),

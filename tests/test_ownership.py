@@ -165,3 +165,20 @@ def test_a_monitor_that_dies_fails_its_run_with_the_reason(tmp_path, monkeypatch
     row = res.read_rows()[0]
     assert row["status"] == "failed"
     assert "power monitor stopped: OSError: sensor went away" in (res.path / "logs" / "f1785_r00.err").read_text()
+
+
+def test_gpu_type_must_match_a_real_gpu_resume_must_find_its_sweep_and_all_gpus_dirs_are_the_callers(tmp_path):
+    fake_nvml = {**os.environ, "PYTHONPATH": f"{REPO / 'tests' / 'data' / 'fake_nvml'}{os.pathsep}{REPO}"}
+    wrong = subprocess.run([PY, "-m", "profiling.launch", "--profiling-tool", "nvml", "--gpu-type", "A100",
+                            "--profiling-mode", "baseline", "--app-executable", FAKE, "--output-dir",
+                            str(tmp_path / "x")], cwd=REPO, env=fake_nvml, capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: --gpu-type A100: but the GPU is a NVIDIA H100")
+    assert not (tmp_path / "x").exists()  # H100 numbers are never written under an A100 label
+    resume = subprocess.run([PY, *BASE, "--profiling-mode", "baseline", "--resume"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert resume.returncode == 2 and "--resume True: no results directory under" in resume.stderr
+    rel = subprocess.run([PY, *BASE, "--profiling-mode", "baseline", "--num-runs", "1", "--app-params", "ok 0.05",
+                          "--all-gpus", "--output-dir", "rel/out"], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert rel.returncode == 0, rel.stderr
+    assert (tmp_path / "rel" / "out" / "gpu0" / "runs.csv").exists()  # the caller's directory, not the checkout's
