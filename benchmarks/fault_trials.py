@@ -57,31 +57,27 @@ def _alive(pid: int) -> bool:
     return stat[stat.rfind(")") + 2] != "Z"
 
 
-def two_launchers(tmp: Path) -> str:
+def _second_launcher(tmp: Path, second_dir: str, refusal: str) -> str:
+    """Start a sweep, then a second launcher into ``second_dir`` while the first runs: it must be refused."""
     env = _env(tmp)
     first = subprocess.Popen([*BASE, "--app-params", "ok 2", "--output-dir", str(tmp / "a")], env=env, cwd=REPO,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     if not _wait(lambda: list((tmp / "a").glob("events/*.jsonl")), 60):
         return "first never started"
-    second = subprocess.run([*BASE, "--app-params", "ok 0.1", "--output-dir", str(tmp / "b")], env=env, cwd=REPO,
-                            capture_output=True, text=True)
+    second = subprocess.run([*BASE, "--app-params", "ok 2", "--output-dir", str(tmp / second_dir)], env=env,
+                            cwd=REPO, capture_output=True, text=True)
     rc = first.wait()
-    if second.returncode != 2 or f"pid {first.pid}" not in second.stderr:
+    if second.returncode != 2 or refusal.format(pid=first.pid) not in second.stderr:
         return f"second not refused (rc {second.returncode})"
     return "ok" if rc == 0 else f"first failed (rc {rc})"
+
+
+def two_launchers(tmp: Path) -> str:
+    return _second_launcher(tmp, "b", "pid {pid}")
 
 
 def same_directory(tmp: Path) -> str:
-    env = _env(tmp)
-    cmd = [*BASE, "--app-params", "ok 2", "--output-dir", str(tmp / "a")]
-    first = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not _wait(lambda: list((tmp / "a").glob("events/*.jsonl")), 60):
-        return "first never started"
-    second = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True)
-    rc = first.wait()
-    if second.returncode != 2 or "another launcher is writing to it" not in second.stderr:
-        return f"second not refused (rc {second.returncode})"
-    return "ok" if rc == 0 else f"first failed (rc {rc})"
+    return _second_launcher(tmp, "a", "another launcher is writing to it")
 
 
 def sigkill_resume(tmp: Path) -> str:
