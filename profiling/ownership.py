@@ -11,6 +11,7 @@ since when), so a refusal can say who to ask.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import getpass
@@ -70,10 +71,8 @@ class OwnerLock:
     def acquire(self, wait_s: float = 0.0, on_wait=None) -> OwnerLock:
         """Take the lock, waiting up to ``wait_s`` seconds for the holder to finish; raises ``Held``."""
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
+        with contextlib.suppress(PermissionError):  # someone else's file: they made it writable already
             os.fchmod(fd, 0o666)  # another user may hold it next and must be able to say so in the file
-        except PermissionError:
-            pass
         deadline = time.monotonic() + max(0.0, wait_s)
         told = False
         while True:

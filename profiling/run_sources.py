@@ -370,7 +370,7 @@ class CallableWorkload:
         return metrics
 
     def close(self) -> None:
-        pass
+        """A plain function holds nothing to release."""
 
 
 # --------------------------------------------------------------------------- recordings

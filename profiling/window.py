@@ -6,7 +6,7 @@
 
     with EnergyMonitor(gpus=[0]) as mon, locked_clock(1410, gpu=0):
         mon.begin_window("denoise")
-        ...                                   # the code to measure
+        pipe(prompt)                          # the code to measure
         m = mon.end_window("denoise")
     print(m.time_s, m.energy_j, m.energy_source, m.avg_power_w, m.per_gpu)
 
