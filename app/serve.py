@@ -21,6 +21,7 @@ import argparse
 import difflib
 import json
 import math
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -184,6 +185,7 @@ def _main(argv: list[str] | None) -> int:
     a = ap.parse_args(argv)
     if not 0 <= a.port <= 65535:
         raise InputError("--port", a.port, "must be between 0 and 65535")
+    _check_port(a.host, a.port)  # before the model loads: a busy port must not cost a minute of loading
     import warnings
 
     warnings.filterwarnings("ignore")
@@ -201,8 +203,26 @@ def _main(argv: list[str] | None) -> int:
             "scheduler": wl.scheduler_class}
     app = create_app(request_generator(base, recorder, cache), info)
     print(f"serving {variant.key} ({wl.weights_source}, {wl.device}) on http://{a.host}:{a.port}/generate", flush=True)
-    app.run(host=a.host, port=a.port, threaded=True)
+    try:
+        app.run(host=a.host, port=a.port, threaded=True)
+    except OSError as exc:  # taken between the check and now
+        raise InputError("--port", a.port, f"cannot listen on {a.host}:{a.port} ({exc.strerror or exc})") from None
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a host/port this process cannot listen on (in use, not an address of this machine)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise InputError("--host", host, f"not an address to listen on ({exc.strerror or exc})") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server sets it
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            raise InputError("--port", port, f"cannot listen on {host}:{port} ({exc.strerror or exc})") from None
 
 
 if __name__ == "__main__":

@@ -415,3 +415,20 @@ def test_health_answers_while_a_generation_runs():
         release.set()
         worker.join(30)
     assert result["gen"] == 200
+
+
+def test_service_on_a_busy_port_is_one_line_before_any_model_loads(capsys, monkeypatch):
+    import socket
+
+    from app import serve
+
+    monkeypatch.setattr(runner, "load", lambda *a, **k: pytest.fail("the model must not load for a busy port"))
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert serve.main(["--weights", "tiny", "--device", "cpu", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --port {port}: cannot listen on 127.0.0.1:{port}") and err.count("\n") == 1
+    assert serve.main(["--weights", "tiny", "--host", "no.such.host.invalid", "--port", "1"]) == 2
+    assert capsys.readouterr().err.startswith("error: --host no.such.host.invalid: not an address to listen on")
