@@ -20,10 +20,29 @@ def _load(path: str, mtime: float) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
+# Top-level keys of the specs file that are not GPU types.
+RESERVED_KEYS = frozenset({"sensors"})
+
+
+def _read(path: str | Path | None) -> dict:
+    path = Path(path or GPUS_YAML)
+    return _load(str(path), os.stat(path).st_mtime)
+
+
 def load_gpu_specs(path: str | Path | None = None) -> dict[str, dict]:
     """GPU type -> its spec. A copy, so a caller may change it."""
-    path = Path(path or GPUS_YAML)
-    return {k: dict(v) for k, v in _load(str(path), os.stat(path).st_mtime).items()}
+    return {k: dict(v) for k, v in _read(path).items() if k not in RESERVED_KEYS}
+
+
+def sensor_model(gpu_type: str, path: str | Path | None = None) -> dict:
+    """How this GPU type's power and energy sensors behave (the ``sensors:`` entry its ``arch`` names).
+
+    An unknown type or one without ``arch`` gets an empty dict: callers treat missing settings as
+    "no artefact" (instantaneous power, continuous counter, everything sampled).
+    """
+    data = _read(path)
+    arch = (data.get(gpu_type) or {}).get("arch")
+    return dict((data.get("sensors") or {}).get(arch) or {})
 
 
 def gpu_tdp_w(gpu_type: str | None) -> float | None:

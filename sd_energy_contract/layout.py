@@ -27,11 +27,21 @@ RUNS_COLUMNS = [
     # How the run was produced: process (the app as a child process), in-process (one loaded model,
     # many runs), replay (recorded data); and the per-phase clock policy, where one was set.
     "mode", "phase_clocks",
+    # Measurement truth (issue 12): how the clock was set (locked, application, slurm-verified,
+    # unlocked), what power_w is (instantaneous, averaged, modelled), where energy_j came from
+    # (counter, integrated-instantaneous, integrated-averaged) and whether the work window was long
+    # enough for that sensor (ok, low), the counter's measured update period, the GPU temperature at
+    # the run's start and how long the launcher waited for it to settle, the SKU, MIG.
+    "clock_method", "power_source", "energy_source", "energy_confidence", "energy_update_period_s",
+    "temp_start_c", "settle_wait_s", "gpu_sku", "mig",
 ]
 APP_CONFIG_FIELDS = {"app_" + k: k for k in ("model_variant", "weights", "scheduler", "dtype", "attention", "height",
                                              "width", "steps", "batch_size", "guidance_scale", "device")}
+# power_w is the instantaneous reading wherever the GPU has one; power_avg_w the driver's averaged
+# reading (H100/H200 nvmlDeviceGetPowerUsage is a 1 s moving average); throttle_mask the clock-event
+# reasons bitmask at that sample (OR-ed over the work window into the run's row).
 SAMPLE_COLUMNS = ["mono_s", "power_w", "energy_mj", "sm_clock_mhz", "mem_clock_mhz", "gpu_util_pct",
-                  "mem_used_mib", "temp_c"]
+                  "mem_used_mib", "temp_c", "power_avg_w", "throttle_mask"]
 RUN_STATUSES = ("ok", "failed", "timeout", "oom", "crashed", "interrupted")
 DONE_STATUSES = frozenset({"ok", "failed", "timeout", "oom", "crashed"})  # "interrupted" runs are redone on resume
 RUN_MODES = ("process", "in-process", "replay")

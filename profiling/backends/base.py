@@ -27,6 +27,8 @@ class GpuSample:
     gpu_util_pct: float | None = None
     mem_used_mib: float | None = None
     temp_c: float | None = None
+    power_avg_w: float | None = None   # the driver's averaged reading, where it differs from power_w
+    throttle_mask: int | None = None   # clock-event (throttle) reasons bitmask at this sample
     extra: dict[str, float | None] = field(default_factory=dict)  # DCGM activity fields
 
     def row(self) -> dict:
@@ -45,6 +47,12 @@ class GpuBackend(ABC):
     # of these measures the sensor's timing, not the work (the window API warns).
     power_update_period_s: float | None = None
     energy_update_period_s: float | None = None
+    # What ``GpuSample.power_w`` is: "instantaneous", "averaged" (a moving average, e.g. H100
+    # nvmlDeviceGetPowerUsage over 1 s) or "modelled" (the simulated GPU). Recorded in every row.
+    power_source: str = "averaged"
+    # How the last lock_sm_clock took effect: "locked" (nvmlDeviceSetGpuLockedClocks), "application"
+    # (application clocks, the non-root fallback), "slurm-verified" (set by SLURM, read back only).
+    clock_method: str = "locked"
 
     def __init__(self, index: int = 0):
         self.index = index
