@@ -20,6 +20,8 @@ SIMULATED_STATE = "SD_ENERGY_SIMULATED_STATE"  # the simulated GPU's state file 
 SIMULATED_DIR = "SD_ENERGY_SIMULATED_DIR"    # where simulated GPUs keep their clock state
 FORCE_SIMULATED = "SD_ENERGY_FORCE_SIMULATED"  # 1: auto-detection picks the simulated GPU
 SIMULATED_GPUS = "SD_ENERGY_SIMULATED_GPUS"  # how many simulated GPUs a node has (default 1)
+SIMULATED_SENSORS = "SD_ENERGY_SIMULATED_SENSORS"  # real (default): the real sensors' artefacts; ideal: none
+SIMULATED_USER = "SD_ENERGY_SIMULATED_USER"  # root (default) or nonroot: who the simulated GPU's clock calls run as
 LOCK_DIR = "SD_ENERGY_LOCK_DIR"              # clock lock records
 CACHE = "SD_ENERGY_CACHE"                    # built tiny/random weights, FLOP counts
 PYTHON = "SD_ENERGY_PYTHON"                  # the Python launch.sh and SLURM jobs use
@@ -40,7 +42,12 @@ DOCUMENTED = {
     SIMULATED_DIR: "where simulated GPUs keep their clock state (default `~/.cache/sd-energy/simulated`)",
     FORCE_SIMULATED: "`1`: auto-detection uses the simulated GPU even where NVML answers",
     SIMULATED_GPUS: "how many simulated GPUs the node has (default 1; `--all-gpus` sweeps each)",
-    LOCK_DIR: "clock lock records (default `$XDG_RUNTIME_DIR/sd-energy-locks-$UID`)",
+    SIMULATED_SENSORS: "`real` (default): the simulated GPU reports like a real one of its type (stepped energy "
+                       "counter, partly sampled and averaged power); `ideal`: it reports its model's exact numbers",
+    SIMULATED_USER: "`nonroot`: the simulated GPU refuses locked clocks, and application clocks unless its admin "
+                    "allowed them (`nvidia-smi -acp 0`); default `root`",
+    LOCK_DIR: "clock lock records (default `/var/tmp/sd-energy-$UID`, else `/dev/shm/sd-energy-$UID`: host-wide, "
+              "kept after the job) and `owners/` (GPU ownership; default `/var/tmp/sd-energy-owners`)",
     CACHE: "built tiny/random weights and FLOP counts (default `~/.cache/sd-energy`)",
     PYTHON: "the Python `launch.sh` and SLURM jobs run (default `.venv/bin/python`)",
     SITE: "a site's SLURM settings file (default `slurm/site.yaml`)",

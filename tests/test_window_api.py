@@ -36,6 +36,14 @@ INTERVAL_S = 0.02
 pytestmark = pytest.mark.filterwarnings("ignore::profiling.window.ShortWindowWarning")
 
 
+@pytest.fixture(autouse=True)
+def ideal_sensors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests check the API's arithmetic against the model's exact power, so the simulated GPU's
+    sensor artefacts (a counter stepping every 100 ms, 25 % sampled power: tests/test_sensor_artefacts.py)
+    are off here; with them a 0.25 s window is off by up to one counter step, which is the point of those tests."""
+    monkeypatch.setenv("SD_ENERGY_SIMULATED_SENSORS", "ideal")
+
+
 @pytest.fixture
 def busy_gpu(tmp_path: Path) -> Iterator[SimulatedGpu]:
     """The simulated H100 inside a run whose denoising step is open: full activity until the test ends."""

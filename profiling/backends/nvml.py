@@ -1,14 +1,23 @@
 """NVIDIA GPUs through NVML (nvidia-ml-py, imported as ``pynvml``).
 
 Energy comes from the hardware counter ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since
-driver load, Volta and newer); power from ``nvmlDeviceGetPowerUsage`` (mW). Clocks are locked
-with ``nvmlDeviceSetGpuLockedClocks`` (Volta+, root or ``nvidia-smi -acp 0``-style permission);
-where that is not supported, application clocks are the fallback.
+driver load, Volta and newer; it advances in steps of about 100 ms). Power is the instantaneous
+field ``NVML_FI_DEV_POWER_INSTANT`` (``nvmlDeviceGetFieldValues``) where the driver has it, decided
+once when the backend opens: on H100/H200 ``nvmlDeviceGetPowerUsage`` is a 1 s moving average,
+which smears every phase boundary by a second. ``nvmlDeviceGetPowerUsage`` is kept as
+``power_avg_w`` in every sample either way, and ``power_source`` says what ``power_w`` is.
+
+Clocks are locked with ``nvmlDeviceSetGpuLockedClocks`` (Volta+, root only). Where that is refused
+(a non-root user) or not supported, application clocks (``nvmlDeviceSetApplicationsClocks``) are
+the fallback; a non-root user may set those once the admin ran ``nvidia-smi -acp 0``.
+``clock_method`` says which took effect, and every row records it.
 """
 
 from __future__ import annotations
 
 import contextlib
+
+from sd_energy_contract.gpus import detect_gpu_type, sensor_model
 
 from ..errors import ClockError, GpuError, GpuNotFoundError, GpuNotSupportedError, GpuPermissionError
 from .base import GpuBackend, GpuSample
@@ -53,6 +62,14 @@ class NvmlGpu(GpuBackend):
         self.handle = self.nv.nvmlDeviceGetHandleByIndex(index)
         self._has_energy: bool | None = None
         self._count = count
+        nv = self.nv
+        # Older bindings and drivers only have the "throttle" name of the clock-event reasons.
+        self._reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            getattr(nv, "nvmlDeviceGetCurrentClocksThrottleReasons", None)
+        self._unsupported = tuple(getattr(nv, n) for n in ("NVMLError_NotSupported", "NVMLError_FunctionNotFound")
+                                  if hasattr(nv, n))
+        self._instant = self._instant_power_mw() is not None
+        self.power_source = "instantaneous" if self._instant else self._power_usage_kind()
 
     def _call(self, what: str, fn, *args):
         try:
@@ -90,18 +107,69 @@ class NvmlGpu(GpuBackend):
         clocks = self._call("supported graphics clocks", self.nv.nvmlDeviceGetSupportedGraphicsClocks, mem)
         return sorted(set(clocks), reverse=True)
 
+    # power
+    def _instant_power_mw(self) -> int | None:
+        """``NVML_FI_DEV_POWER_INSTANT`` in mW, or None where the binding, driver or GPU lacks it (the
+        per-field ``nvmlReturn`` says so while the call itself succeeds) or the call failed. A reading of
+        0 counts as missing: no GPU that answers draws nothing."""
+        nv = self.nv
+        field = getattr(nv, "NVML_FI_DEV_POWER_INSTANT", None)
+        fn = getattr(nv, "nvmlDeviceGetFieldValues", None)
+        if field is None or fn is None:
+            return None
+        try:
+            value = fn(self.handle, [field])[0]
+        except nv.NVMLError:
+            return None
+        if value.nvmlReturn != getattr(nv, "NVML_SUCCESS", 0) or not value.value.uiVal:
+            return None
+        return int(value.value.uiVal)
+
+    def _power_usage_kind(self) -> str:
+        """What ``nvmlDeviceGetPowerUsage`` returns on this GPU: instantaneous up to GA100 (A100), a 1 s
+        average on newer parts (``configs/gpus.yaml`` sensors); an unknown GPU is assumed averaged."""
+        with contextlib.suppress(GpuError):
+            settings = sensor_model(detect_gpu_type(self.device_name()) or "")
+            if settings.get("power_usage_reading") == "instantaneous":
+                return "instantaneous"
+        return "averaged"
+
+    # clocks
     def lock_sm_clock(self, mhz: int, mem_mhz: int | None = None) -> None:
+        """Locked clocks; where refused (not root) or not supported, application clocks. Both refused:
+        ``GpuPermissionError``, whose message says what an admin can do."""
         try:
             self._call(f"lock SM clock at {mhz} MHz", self.nv.nvmlDeviceSetGpuLockedClocks, mhz, mhz)
-        except GpuNotSupportedError:
-            # Pre-Volta or restricted drivers: application clocks are the documented fallback.
+        except (GpuNotSupportedError, GpuPermissionError) as locked_refused:
             mem = mem_mhz or self.supported_mem_clocks_mhz()[0]
-            self._call(f"set application clocks {mem},{mhz} MHz", self.nv.nvmlDeviceSetApplicationsClocks, mem, mhz)
+            try:
+                self._call(f"set application clocks {mem},{mhz} MHz", self.nv.nvmlDeviceSetApplicationsClocks,
+                           mem, mhz)
+            except GpuPermissionError:
+                locked = "refused" if isinstance(locked_refused, GpuPermissionError) else "not supported"
+                raise GpuPermissionError(f"lock SM clock at {mhz} MHz (locked clocks {locked}, "
+                                         "application clocks refused)") from None
+            self.clock_method = "application"  # the memory clock is part of the application clocks
+            return
+        self.clock_method = "locked"
         if mem_mhz:
             fn = getattr(self.nv, "nvmlDeviceSetMemoryLockedClocks", None)
             if fn is None:
                 raise ClockError("this nvidia-ml-py has no nvmlDeviceSetMemoryLockedClocks; drop --memory-frequency")
             self._call(f"lock memory clock at {mem_mhz} MHz", fn, mem_mhz, mem_mhz)
+
+    def set_application_clocks(self, mhz: int, mem_mhz: int | None = None) -> None:
+        """Application clocks only (``--clock-control application``, ``profiling.clocks.ClockGuard``)."""
+        mem = mem_mhz or self.supported_mem_clocks_mhz()[0]
+        self._call(f"set application clocks {mem},{mhz} MHz", self.nv.nvmlDeviceSetApplicationsClocks, mem, mhz)
+        self.clock_method = "application"
+
+    def applications_clock_mhz(self) -> int | None:
+        """The application SM clock set now (what SLURM's ``--gpu-freq`` sets), read back by
+        ``--clock-control slurm``; None where NVML cannot say."""
+        fn = getattr(self.nv, "nvmlDeviceGetApplicationsClock", None)
+        kind = getattr(self.nv, "NVML_CLOCK_GRAPHICS", getattr(self.nv, "NVML_CLOCK_SM", None))
+        return self._maybe(fn, kind) if fn is not None and kind is not None else None
 
     def reset_clocks(self) -> None:
         self._maybe(self.nv.nvmlDeviceResetGpuLockedClocks)
@@ -111,26 +179,43 @@ class NvmlGpu(GpuBackend):
             self._maybe(fn)
 
     def energy_mj(self) -> float | None:
+        """The counter, or None. Only NOT_SUPPORTED switches it off for good; any other error (a busy
+        driver, a timeout) leaves this one reading out and the next one tries again."""
         if self._has_energy is False:
             return None
-        value = self._maybe(self.nv.nvmlDeviceGetTotalEnergyConsumption)
-        self._has_energy = value is not None
-        return float(value) if value is not None else None
+        try:
+            value = self.nv.nvmlDeviceGetTotalEnergyConsumption(self.handle)
+        except self._unsupported:
+            self._has_energy = False
+            return None
+        except self.nv.NVMLError:
+            return None
+        self._has_energy = True
+        return float(value)
+
+    def throttle_mask(self) -> int | None:
+        return self._maybe(self._reasons_fn) if self._reasons_fn is not None else None
 
     def throttle_reasons(self) -> str:
-        fn = getattr(self.nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
-            self.nv.nvmlDeviceGetCurrentClocksThrottleReasons
-        mask = self._maybe(fn)
+        mask = self.throttle_mask()
         return f"0x{mask:x}" if mask is not None else ""
 
     def sample(self) -> GpuSample:
         nv = self.nv
-        power = self._maybe(nv.nvmlDeviceGetPowerUsage)
+        usage = self._maybe(nv.nvmlDeviceGetPowerUsage)
+        usage_w = usage / 1000.0 if usage is not None else None
+        if self._instant:  # a failed read leaves a gap rather than mixing in the averaged reading
+            instant = self._instant_power_mw()
+            power_w = instant / 1000.0 if instant is not None else None
+        else:
+            power_w = usage_w
         util = self._maybe(nv.nvmlDeviceGetUtilizationRates)
         mem = self._maybe(nv.nvmlDeviceGetMemoryInfo)
         return GpuSample(
             mono_s=self.now(),
-            power_w=power / 1000.0 if power is not None else None,
+            power_w=power_w,
+            power_avg_w=usage_w,
+            throttle_mask=self.throttle_mask(),
             energy_mj=self.energy_mj(),
             sm_clock_mhz=self._maybe(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_SM),
             mem_clock_mhz=self._maybe(nv.nvmlDeviceGetClockInfo, nv.NVML_CLOCK_MEM),
