@@ -20,13 +20,16 @@ from sd_energy_contract.gpus import load_gpu_specs
 from sd_energy_contract.phases import CLOCKED_PHASES
 
 from .backends import BACKENDS
+from .clocks import CLOCK_CONTROLS
 from .monitor import MIN_INTERVAL_S
+from .planning import CLOCK_ORDERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_APP = str(REPO_ROOT / "app" / "StableDiffusionViaHF.py")
 MODES = ("baseline", "dvfs", "custom", "guided")
 OBJECTIVES = ("energy", "edp", "ed2p")
 DEFAULT_WORKLOAD = "stable-diffusion"  # the in-process workload registered by app (sd_energy.workloads)
+DEFAULT_SETTLE_TIMEOUT_S = 300.0       # --settle-temp without --settle-timeout waits at most this long per run
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,12 @@ class SweepConfig:
     clock_slice: str | None = None
     replay_source: str | None = None
     replay_app: str | None = None
+    clock_order: str = "descending"      # descending, ascending, random, interleaved (see planning.SweepPlan)
+    clock_order_seed: int | None = None  # random order: its seed (None: drawn, recorded in the manifest)
+    settle_temp: float | None = None     # °C: before each run wait until the GPU is at most this (or stable)
+    settle_timeout: float | None = None  # s: the longest such wait (default DEFAULT_SETTLE_TIMEOUT_S)
+    clock_control: str = "lock"          # lock, application, slurm (profiling.clocks.ClockGuard)
+    allow_mig_whole_gpu: bool = False    # measure a GPU in MIG mode whole (rows say mig=1)
 
     # ---- derived values
     @property
@@ -157,6 +166,8 @@ class SweepConfig:
                 raise InputError(opt, value, "must be a positive number of MHz")
         if self.profiling_mode not in MODES:
             raise InputError("--profiling-mode", self.profiling_mode, f"one of {', '.join(MODES)}")
+        self._check_order_and_settle()
+        self._check_clock_control()
         if self.guided:
             self._check_guided()
         self._check_run_source()
@@ -177,6 +188,38 @@ class SweepConfig:
             if not ok:
                 option = "--" + f.name.replace("_", "-")
                 raise InputError(option, value, f"must be {_KIND_NAMES[kind]}")
+
+    def _check_order_and_settle(self) -> None:
+        if self.clock_order not in CLOCK_ORDERS:
+            raise InputError("--clock-order", self.clock_order, f"one of {', '.join(CLOCK_ORDERS)}")
+        if self.clock_order_seed is not None and self.clock_order != "random":
+            raise InputError("--clock-order-seed", self.clock_order_seed, "only with --clock-order random")
+        if self.guided and self.clock_order != "descending":
+            raise InputError("--clock-order", self.clock_order, "not with --profiling-mode guided: its probes are "
+                             "measured one clock at a time, in the order the search chooses")
+        if self.settle_temp is not None:
+            _number("--settle-temp", self.settle_temp, low=0, strict=True, what="must be a temperature above 0 °C")
+        if self.settle_timeout is not None:
+            _number("--settle-timeout", self.settle_timeout, low=0, strict=True, what="must be positive (seconds)")
+            if self.settle_temp is None:
+                raise InputError("--settle-timeout", self.settle_timeout, "needs --settle-temp (the temperature "
+                                 "to wait for before each run)")
+
+    def _check_clock_control(self) -> None:
+        """``slurm``: the site sets one clock per job step, so nothing may move it during a launch."""
+        if self.clock_control not in CLOCK_CONTROLS:
+            raise InputError("--clock-control", self.clock_control, f"one of {', '.join(CLOCK_CONTROLS)}")
+        if self.clock_control != "slurm":
+            return
+        if self.guided:
+            raise InputError("--clock-control", "slurm", "not with --profiling-mode guided: its probes pick clocks "
+                             "during the launch, and SLURM sets one clock per job step")
+        if self.phase_clocks is not None:
+            raise InputError("--clock-control", "slurm", "not with --phase-clocks: SLURM sets the clock, the launcher "
+                             "cannot switch it per phase")
+        if self.memory_frequency is not None:
+            raise InputError("--clock-control", "slurm", "not with --memory-frequency: give the memory clock to "
+                             "--gpu-freq instead (e.g. --gpu-freq=1410,memory=2619)")
 
     def _check_guided(self) -> None:
         if self.guided_probes < 2:

@@ -27,19 +27,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sd_energy_contract.errors import InputError
+from sd_energy_contract.gpus import GpuIdentity, identify_gpu
 from sd_energy_contract.layout import RUNNING
 from sd_energy_contract.workload import Workload
 
 from . import monitor as mon
-from .backends import detect_gpu_type, open_backend
+from .backends import Selection, job_gpu_positions, open_job_gpu
 from .backends.base import GpuBackend
-from .clocks import ClockGuard, Interrupted, restore_stale
-from .config import DEFAULT_WORKLOAD, REPO_ROOT, SweepConfig
-from .errors import GpuError
+from .clocks import ClockGuard, Interrupted, check_clock_control, restore_stale
+from .config import DEFAULT_SETTLE_TIMEOUT_S, DEFAULT_WORKLOAD, REPO_ROOT, SweepConfig
+from .errors import GpuError, GpuPermissionError
 from .guided_mode import describe_guided_plan, make_planner, run_guided
 from .ownership import Held, describe, gpu_holder, gpu_lock, results_lock
 from .planning import RunSpec, SweepPlan, select_clocks, slice_clocks
-from .results import DeviceInfo, ResultsDir, build_row, config_hash, samples_csv, write_atomic
+from .results import (
+    DeviceInfo,
+    ResultsDir,
+    build_row,
+    config_hash,
+    measurement_manifest,
+    samples_csv,
+    short_window_warning,
+    write_atomic,
+)
 from .run_sources import (
     AppProcess,
     CallableWorkload,
@@ -54,7 +64,7 @@ from .run_sources import (
 
 SLURM_VARS = ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", "SLURM_JOB_NODELIST", "SLURMD_NODENAME",
               "SLURM_JOB_PARTITION", "SLURM_JOB_ACCOUNT", "SLURM_JOB_QOS", "SLURM_RESTART_COUNT", "SLURM_JOB_GPUS",
-              "CUDA_VISIBLE_DEVICES", "SD_ENERGY_SBATCH_OPTIONS")
+              "SLURM_STEP_GPUS", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "SD_ENERGY_SBATCH_OPTIONS")
 Log = Callable[..., None]  # log(message, err=False): click.echo's signature; err=True for what goes to stderr
 
 
@@ -66,11 +76,18 @@ class Sweep:
     """Runs plans on one GPU into one results directory, with one clock guard and one run source."""
 
     def __init__(self, cfg: SweepConfig, backend: GpuBackend, guard: ClockGuard, source: RunSource,
-                 results: ResultsDir, device: DeviceInfo, workload: str, log: Log = _print):
+                 results: ResultsDir, device: DeviceInfo, workload: str, log: Log = _print,
+                 measured_period_s: float | None = None):
         self.cfg, self.backend, self.guard, self.source = cfg, backend, guard, source
         self.results, self.device, self.workload, self.log = results, device, workload, log
         self.idle_power_w: float | None = None
         self._prepared = False
+        # The energy counter's update period as measured at the start (None: no counter, or not measured).
+        self.measured_period_s = measured_period_s
+        self.sensors = mon.Sensors.of(backend, device.gpu_type, measured_period_s)
+        self.settle = (mon.TemperatureSettle(cfg.settle_temp, cfg.settle_timeout or DEFAULT_SETTLE_TIMEOUT_S)
+                       if cfg.settle_temp is not None else None)
+        self._warned_short = False
 
     def run(self, plan: SweepPlan) -> int:
         """The plan's runs that have no final row yet; returns how many were not ok."""
@@ -107,7 +124,7 @@ class Sweep:
         if self.source.measured and self.cfg.idle_seconds > 0:
             self.idle_power_w = mon.measure_idle_power_w(self.backend, self.cfg.idle_seconds)
             if self.idle_power_w is not None:
-                self.log(f"idle power: {self.idle_power_w:.1f} W")
+                self.log(f"idle power: {self.idle_power_w:.1f} W (recorded in each row; no energy figure subtracts it)")
         prepare = getattr(self.source, "prepare", None)
         if prepare is not None:
             prepare()
@@ -118,6 +135,10 @@ class Sweep:
         files = RunFiles(res.file("events", rid), res.file("apps", rid), res.log(rid, "out"), res.log(rid, "err"))
         for path in (files.events, files.metrics):
             path.unlink(missing_ok=True)  # a redone run never mixes with its earlier try
+        settled = self.settle.wait(self.backend) if self.settle is not None and self.source.measured else None
+        if settled is not None and settled.reason == "timeout":
+            self.log(f"{rid}: GPU at {settled.temp_c} °C after waiting {settled.wait_s:.0f} s for "
+                     f"--settle-temp {self.cfg.settle_temp:g}; running anyway (the row records it)", err=True)
         if self.source.measured:
             monitor = mon.PowerMonitor(self.backend, self.cfg.sampling_interval_s).start()
             self.backend.begin_run(files.events)
@@ -126,6 +147,8 @@ class Sweep:
             finally:
                 self.backend.end_run()
                 samples = monitor.stop()
+            take_host_bound = getattr(self.backend, "take_host_bound_s", None)  # the simulated GPU only
+            host_bound_s = take_host_bound() if take_host_bound is not None else None
             if monitor.error is not None and outcome.status == "ok":
                 # A run whose power was not sampled to the end is no measurement: failed, with the reason.
                 outcome.status = "failed"
@@ -134,13 +157,21 @@ class Sweep:
         else:
             outcome = self.source.run(spec, files)
             samples = outcome.samples or []
+            host_bound_s = None
         spans = mon.read_events(files.events)
         row = build_row(run_id=rid, clock=spec.clock, index=spec.index, warmup=spec.warmup, status=outcome.status,
                         exit_code=outcome.exit_code, t_start=outcome.t_start, t_end=outcome.t_end, samples=samples,
                         spans=spans, metrics=_read_json(files.metrics), device=self.device, workload=self.workload,
                         mode=self.source.mode, idle_power_w=self.idle_power_w, readback_mhz=readback,
-                        throttle_reasons=self.backend.throttle_reasons() if self.source.measured else "",
-                        phase_clocks=outcome.phase_clocks)
+                        throttle_reasons=self.backend.throttle_reasons if self.source.measured else "",
+                        phase_clocks=outcome.phase_clocks, sensors=self.sensors,
+                        measured_period_s=self.measured_period_s, clock_method=self.backend.clock_method,
+                        settle_wait_s=settled.wait_s if settled is not None else None)
+        warning = None if self._warned_short else short_window_warning(row, self.sensors, self.cfg.sampling_interval_s)
+        if warning is not None and not spec.warmup and self.source.measured:  # a replay cannot be given more work
+            self._warned_short = True
+            self.log(warning, err=True)
+        row["twin_host_bound_s"] = host_bound_s
         write_atomic(res.file("samples", rid), samples_csv(samples, mon.label_samples(samples, spans)))
         res.append_row(row)
         if outcome.stopped_by is not None:
@@ -155,27 +186,29 @@ def execute(cfg: SweepConfig, log: Log = _print) -> int:
     cfg.check()
     if cfg.all_gpus:
         return _all_gpus(cfg, log)
-    index = cfg.gpu_index if cfg.gpu_index is not None else (gpu_index_from_env() or 0)
-
-    def reopen(rec):
-        return open_backend(rec["backend"], rec["gpu_index"], rec.get("gpu_type"), announce=lambda m: None)
-
-    restore_stale(reopen, log=log)
-    backend = _open(cfg, index, log)
+    restore_stale(log=log)  # GPUs a killed launcher left locked, found by UUID
+    backend, selection = _open(cfg, log)
     try:
-        return _run(cfg, backend, log)
+        return _run(cfg, backend, log, selection=selection)
+    except GpuPermissionError as exc:
+        # Found at the first clock change (clocks are restored by then): one line naming what the admin
+        # can do, exit 2, as for any setting this user cannot have.
+        raise InputError("--clock-control", cfg.clock_control, str(exc)) from None
     finally:
         backend.close()
 
 
-def _open(cfg: SweepConfig, index: int, log: Log) -> GpuBackend:
+def _open(cfg: SweepConfig, log: Log) -> tuple[GpuBackend, Selection | None]:
+    """The GPU this job was given (``--gpu-index`` among what it sees), resolved to its UUID."""
     try:
-        return open_backend(cfg.profiling_tool, index, cfg.gpu_type, cfg.replay_source, cfg.replay_app, announce=log)
+        return open_job_gpu(cfg.profiling_tool, cfg.gpu_index, cfg.gpu_type,
+                            allow_mig_whole_gpu=cfg.allow_mig_whole_gpu, replay_source=cfg.replay_source,
+                            replay_app=cfg.replay_app, announce=log)
     except GpuError as exc:
         raise InputError("--profiling-tool", cfg.profiling_tool, str(exc)) from None
 
 
-def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> int:
+def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None, selection: Selection | None = None) -> int:
     if cfg.reset_clocks:
         holder = None if backend.replays else gpu_holder(backend.uuid())
         if holder is not None:
@@ -184,7 +217,10 @@ def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> 
         backend.reset_clocks()
         log(f"clocks reset on {backend.device_name()} ({backend.name}, index {backend.index})")
         return 0
-    gpu_type = _gpu_type(cfg, backend)
+    identity = _identity(cfg, backend)
+    gpu_type = identity.family
+    log(f"GPU {backend.uuid()}: {identity.note}" + (f"; chosen as {selection.how}" if selection else "")
+        + "".join(f"; {note}" for note in (selection.notes if selection else ())))
     try:
         supported = backend.supported_sm_clocks_mhz(cfg.memory_frequency)
     except GpuError as exc:
@@ -193,11 +229,12 @@ def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> 
     clocks = select_clocks(cfg.profiling_mode, supported, cfg.custom_frequencies, cfg.min_frequency,
                            cfg.max_frequency, cfg.frequency_step)
     clocks = slice_clocks(clocks, cfg.clock_slice)
+    check_clock_control(cfg.clock_control, clocks)
     policy = cfg.phase_clock_policy()
     for phase, mhz in policy.items():
         if mhz not in supported:
             raise InputError("--phase-clocks", cfg.phase_clocks, f"{phase}: {mhz} MHz is not a supported SM clock")
-    plan = SweepPlan(clocks, cfg.num_runs, cfg.warmup_runs)
+    plan = SweepPlan(clocks, cfg.num_runs, cfg.warmup_runs, cfg.clock_order, cfg.clock_order_seed)
     command = _describe_app(cfg, backend, workload_obj)
     # Guided mode: "clocks" are the candidates. The planner's settings stay out of the hash on purpose:
     # rows measured at a clock are the same measurements whatever planner asked for them, so a rerun
@@ -220,7 +257,7 @@ def _run(cfg: SweepConfig, backend: GpuBackend, log: Log, workload_obj=None) -> 
     with contextlib.ExitStack() as owned:
         _own(owned, cfg, backend, out_dir, log)
         return _run_owned(cfg, backend, log, workload_obj, gpu_type, clocks, policy, plan, command, sweep_def, chash,
-                          out_dir, planner)
+                          out_dir, planner, identity=identity, selection=selection)
 
 
 def _own(owned: contextlib.ExitStack, cfg: SweepConfig, backend: GpuBackend, out_dir: Path, log: Log) -> None:
@@ -241,24 +278,35 @@ def _own(owned: contextlib.ExitStack, cfg: SweepConfig, backend: GpuBackend, out
 
 
 def _run_owned(cfg, backend, log, workload_obj, gpu_type, clocks, policy, plan, command, sweep_def, chash, out_dir,
-               planner) -> int:
+               planner, identity: GpuIdentity | None = None, selection: Selection | None = None) -> int:
     results = ResultsDir(out_dir)
     old = results.manifest()
     if old and old.get("config_hash") != chash:
         raise InputError("--output-dir", out_dir, f"holds a different sweep (config {old.get('config_hash')} vs "
                          f"{chash}); choose another directory")
     manifest = _manifest(cfg, backend, gpu_type, clocks, command, sweep_def, chash, old)
+    manifest.update(_gpu_manifest(cfg, identity, selection))
     results.create(manifest)
     log(f"results: {out_dir}")
     for line in end_leftovers(results.path):
         log(line, err=True)
-    device = DeviceInfo(backend.name, backend.device_name(), gpu_type, backend.uuid())
+    device = replace(DeviceInfo.of(backend, gpu_type), gpu_sku=(identity.sku if identity else None) or backend.device_name(),
+                     mig=bool(selection and selection.mig_mode))
+    # Measured once per launch, before anything runs: what decides which sensor a short window may use.
+    period = None if backend.replays else mon.measure_counter_period_s(backend)
+    sensors = mon.Sensors.of(backend, gpu_type, period)
+    manifest["measurement"] = {**measurement_manifest(sensors, period, backend.energy_update_period_s),
+                               "clock_order": plan.order, "clock_order_seed": plan.seed,
+                               "settle_temp_c": cfg.settle_temp, "settle_timeout_s": cfg.settle_timeout}
+    results.write_manifest(manifest)
     workload = cfg.app_name if not backend.replays else (cfg.replay_app or cfg.app_name)
     try:
-        with ClockGuard(backend, gpu_type) as guard, _child_environment(backend if cfg.in_process else None):
-            source = _source(cfg, backend, guard, policy, workload_obj, results)
+        app_env = selection.app_env(backend.child_env()) if selection else backend.child_env()
+        with ClockGuard(backend, gpu_type, cfg.clock_control) as guard, \
+                _child_environment(app_env if cfg.in_process else None):
+            source = _source(cfg, backend, guard, policy, workload_obj, results, app_env)
             try:
-                sweep = Sweep(cfg, backend, guard, source, results, device, workload, log)
+                sweep = Sweep(cfg, backend, guard, source, results, device, workload, log, measured_period_s=period)
                 if planner is not None:
                     return run_guided(cfg, planner, sweep, manifest, log)
                 failures = sweep.run(plan)
@@ -278,35 +326,43 @@ def _run_owned(cfg, backend, log, workload_obj, gpu_type, clocks, policy, plan, 
     return 0
 
 
-def _gpu_type(cfg: SweepConfig, backend: GpuBackend) -> str | None:
-    """The GPU type the rows are labelled with. A type given for a real GPU must be what the GPU is:
-    ``GPU_TYPE=A100 sbatch ...`` landing on an H100 node must not write H100 numbers labelled A100."""
-    detected = getattr(backend, "gpu_type", None) or detect_gpu_type(backend.device_name())
-    if cfg.gpu_type and detected and cfg.gpu_type != detected and not backend.synthetic and not backend.replays:
-        raise InputError("--gpu-type", cfg.gpu_type, f"but the GPU is a {backend.device_name()} ({detected}); "
-                         "drop --gpu-type or run where that GPU is")
-    return cfg.gpu_type or detected
+def _identity(cfg: SweepConfig, backend: GpuBackend) -> GpuIdentity:
+    """The GPU family the rows are labelled with (``gpu_type``) and its SKU (``gpu_sku``). A type given
+    for a real GPU must be what the GPU is: ``GPU_TYPE=A100 sbatch ...`` landing on an H100 node must
+    not write H100 numbers labelled A100 (``identify_gpu`` refuses it)."""
+    return identify_gpu(backend.device_name(), cfg.gpu_type, measured=not backend.synthetic and not backend.replays,
+                        detected=getattr(backend, "gpu_type", None))
+
+
+def _gpu_manifest(cfg: SweepConfig, identity: GpuIdentity | None, selection: Selection | None) -> dict:
+    """Which physical GPU was measured (UUID, PCI bus id, how ``--gpu-index`` was mapped), which SKU its
+    specs came from, and how clocks were set."""
+    out: dict = {"clock_control": cfg.clock_control}
+    if identity is not None:
+        out.update(gpu_sku=identity.sku, gpu_sku_note=identity.note)
+    if selection is not None:
+        out["gpu_selection"] = selection.manifest()
+    return out
 
 
 def _source(cfg: SweepConfig, backend: GpuBackend, guard: ClockGuard, policy: dict, workload_obj,
-            results: ResultsDir) -> RunSource:
+            results: ResultsDir, app_env: dict[str, str]) -> RunSource:
     if backend.replays:
         return Replay(backend)
     if not cfg.in_process:
-        return AppProcess(cfg.app_command(), cfg.timeout, backend.child_env(), running_dir=results.path / RUNNING)
+        return AppProcess(cfg.app_command(), cfg.timeout, app_env, running_dir=results.path / RUNNING)
     phase_clocks = PhaseClocks(guard, backend, policy) if policy else None
     return InProcess(lambda: workload_obj or load_workload(DEFAULT_WORKLOAD, cfg.app_args()), phase_clocks)
 
 
 @contextlib.contextmanager
-def _child_environment(backend: GpuBackend | None):
+def _child_environment(wanted: dict[str, str] | None):
     """In-process runs: this process is the app, so the GPU's environment (CUDA_VISIBLE_DEVICES, the
     simulated GPU's state file) is set here, before the workload initialises its device, and put
     back afterwards so a Python caller's environment is as it was."""
-    if backend is None:
+    if wanted is None:
         yield
         return
-    wanted = backend.child_env()
     saved = {k: os.environ.get(k) for k in wanted}
     os.environ.update(wanted)
     try:
@@ -363,11 +419,13 @@ def _all_gpus(cfg: SweepConfig, log: Log) -> int:
     GPU index, so signals, clock guards and lock records work exactly as for a single sweep. A
     signal to the parent is passed on, and the parent waits for every child to restore its clocks.
     """
-    backend = _open(cfg, cfg.gpu_index or 0, lambda m, err=False: None)
-    try:
-        indices = backend.visible_devices()
-    finally:
-        backend.close()
+    if cfg.replays:
+        indices = [cfg.gpu_index or 0]
+    else:
+        try:
+            indices = job_gpu_positions(cfg.profiling_tool, cfg.gpu_type)
+        except GpuError as exc:
+            raise InputError("--profiling-tool", cfg.profiling_tool, str(exc)) from None
     # Resolved here: a relative --output-dir means the caller's directory, whatever the children's is.
     base = (Path(cfg.output_dir) if cfg.output_dir else Path("results") / f"{cfg.app_name}_allgpus_{_stamp()}").resolve()
     ctx = multiprocessing.get_context("spawn")
@@ -437,9 +495,9 @@ def sweep(work: Callable[[], object] | Workload, clocks: Sequence[int] | None = 
                       num_runs=runs, warmup_runs=warmup_runs, sampling_interval=sampling_interval_ms,
                       idle_seconds=idle_seconds, sleep_interval=sleep_s, phase_clocks=phase_clocks,
                       app_name=name or workload_obj.name, output_dir=str(output_dir)).check()
-    gpu_backend = _open(cfg, gpu, log)
+    gpu_backend, selection = _open(cfg, log)
     try:
-        rc = _run(cfg, gpu_backend, log, workload_obj=workload_obj)
+        rc = _run(cfg, gpu_backend, log, workload_obj=workload_obj, selection=selection)
     finally:
         gpu_backend.close()
     if rc not in (0, 1):  # 1: every run failed; the rows say why, and the caller reads them
@@ -449,15 +507,6 @@ def sweep(work: Callable[[], object] | Workload, clocks: Sequence[int] | None = 
 
 # --------------------------------------------------------------------------- where, what, who
 
-def gpu_index_from_env() -> int | None:
-    """The GPU SLURM (or the user) gave this job, as an NVML index: never GPU 0 by assumption."""
-    for var in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES"):
-        value = os.environ.get(var, "").split(",")[0].strip()
-        if value.isdigit():
-            return int(value)
-    return None
-
-
 def describe_plan(cfg: SweepConfig, plan: SweepPlan, backend: GpuBackend, gpu_type, command, out_dir) -> list[str]:
     """What ``--dry-run`` prints: the GPU, the clocks, the runs, the app, an estimate of the time."""
     lines = [f"GPU: {backend.device_name()} [{gpu_type}] via {backend.name}, index {backend.index}"]
@@ -466,7 +515,8 @@ def describe_plan(cfg: SweepConfig, plan: SweepPlan, backend: GpuBackend, gpu_ty
         return [*lines, *describe_guided_plan(cfg, plan.clocks), app, f"output: {out_dir}"]
     lines += [f"mode: {cfg.profiling_mode}; clocks ({len(plan.clocks)}): "
               + ", ".join("default" if c is None else str(c) for c in plan.clocks),
-              f"runs: {len(plan.runs)} ({cfg.num_runs} per clock + {cfg.warmup_runs} warm-up)", app]
+              f"runs: {len(plan.runs)} ({cfg.num_runs} per clock + {cfg.warmup_runs} warm-up), order {plan.order}"
+              + (f" (seed {plan.seed})" if plan.seed is not None else ""), app]
     if cfg.phase_clocks:
         lines.append(f"phase clocks: {cfg.phase_clock_policy()} (other phases at the run's clock)")
     walls = [float(r["wall_s"]) for r in ResultsDir(out_dir).read_rows() if r["status"] == "ok"]

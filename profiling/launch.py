@@ -13,14 +13,24 @@ import click
 
 from .backends import BACKENDS
 from .cli_support import config_option, run_cli
+from .clocks import CLOCK_CONTROLS
 from .config import DEFAULT_APP, MODES, SweepConfig
 from .driver import execute
+from .planning import CLOCK_ORDERS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @config_option
-@click.option("--gpu-type", default=None, help="V100, A100, H100, H200 (default: detected from the GPU name).")
-@click.option("--gpu-index", type=int, default=None, help="NVML index (default: the GPU SLURM/CUDA_VISIBLE_DEVICES gave).")
+@click.option("--gpu-type", default=None, help="A family (V100, A100, H100, H200: its default SKU) or a SKU "
+              "(e.g. H100-SXM5, configs/gpus.yaml). Default: detected from the GPU name.")
+@click.option("--gpu-index", type=int, default=None, help="Which of the GPUs this job sees: the N-th entry of "
+              "CUDA_VISIBLE_DEVICES when set, else NVML index N (default 0). Never SLURM's node numbers.")
+@click.option("--allow-mig-whole-gpu", is_flag=True, help="Measure a GPU in MIG mode whole (its sensors and clocks "
+              "are whole-GPU: every slice's work counts, a clock lock slows every slice); rows say mig=1.")
+@click.option("--clock-control", default="lock", type=click.Choice(CLOCK_CONTROLS), show_default=True,
+              help="lock: locked clocks (application clocks where locking is refused); application: application "
+                   "clocks only; slurm: the site sets the clock (srun/sbatch --gpu-freq), the launcher only reads "
+                   "it back and checks it (one clock per launch).")
 @click.option("--all-gpus", is_flag=True, help="One sweep per visible GPU, in parallel, each in its own directory.")
 @click.option("--profiling-tool", default="auto", type=click.Choice(BACKENDS), show_default=True)
 @click.option("--profiling-mode", default="dvfs", type=click.Choice(MODES), show_default=True)
@@ -64,6 +74,16 @@ from .driver import execute
               help="guided mode: allowed slowdown vs the max clock (negative: none).")
 @click.option("--clock-slice", default=None, help="K/N: run only the K-th of N contiguous slices of the clock list "
               "(one SLURM array task each; K from 0).")
+@click.option("--clock-order", default="descending", type=click.Choice(CLOCK_ORDERS), show_default=True,
+              help="descending/ascending: each clock's runs together; interleaved: each repeat visits every clock "
+                   "before the next; random: each repeat in a fresh random clock order (so warming is no slope).")
+@click.option("--clock-order-seed", type=int, default=None,
+              help="--clock-order random: its seed (default: drawn, recorded in the manifest).")
+@click.option("--settle-temp", type=float, default=None, metavar="C",
+              help="Before each run, wait until the GPU is at most C °C or has stopped cooling (within 1 °C "
+                   "over 5 s); the wait and the start temperature are in each row.")
+@click.option("--settle-timeout", type=float, default=None, metavar="SECONDS",
+              help="With --settle-temp: the longest wait before a run [default: 300].")
 @click.option("--replay-source", default=None, help="replay: reference CSV or a results directory.")
 @click.option("--replay-app", default=None, help="replay: application name in a reference CSV.")
 def cli(**o):

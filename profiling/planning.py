@@ -16,6 +16,8 @@ error without knowing what the planner does with the value.
 
 from __future__ import annotations
 
+import random
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import EntryPoint, entry_points
@@ -42,18 +44,47 @@ class RunSpec:
         return run_id(self.clock, self.index, self.warmup)
 
 
+CLOCK_ORDERS = ("descending", "ascending", "random", "interleaved")
+
+
 @dataclass
 class SweepPlan:
+    """The runs of a fixed sweep, in the order they are measured.
+
+    ``order``: ``descending`` (the default: each clock's runs together, highest clock first, so the
+    reference for slowdowns comes first and a sweep cut short has it), ``ascending`` (the same, lowest
+    first), ``interleaved`` (repeat r visits every clock, highest first, before repeat r+1) or
+    ``random`` (like interleaved, each repeat in a fresh random clock order drawn from ``seed``; a
+    seed is drawn and kept in ``seed`` when none is given). The last two spread the GPU's warming
+    and any drift over all clocks instead of turning them into a slope. A clock's warm-up runs come
+    right before its first measured run. Runs are identified by ``run_id``, so resuming in any
+    order redoes exactly the missing ones.
+    """
+
     clocks: list[int | None]            # None = default (unlocked) clock
     num_runs: int
     warmup_runs: int
+    order: str = "descending"
+    seed: int | None = None
     runs: list[RunSpec] = field(default_factory=list)
 
     def __post_init__(self):
-        # Highest clock first: the reference run for slowdowns comes first, and a sweep cut short has it.
-        for c in self.clocks:
-            self.runs += [RunSpec(c, i, True) for i in range(self.warmup_runs)]
-            self.runs += [RunSpec(c, i, False) for i in range(self.num_runs)]
+        if self.order not in CLOCK_ORDERS:
+            raise InputError("--clock-order", self.order, f"one of {', '.join(CLOCK_ORDERS)}")
+        if self.order == "random" and self.seed is None:
+            self.seed = secrets.randbelow(2**31)
+        clocks = list(reversed(self.clocks)) if self.order == "ascending" else list(self.clocks)
+        if self.order in ("descending", "ascending"):
+            for c in clocks:
+                self.runs += [RunSpec(c, i, True) for i in range(self.warmup_runs)]
+                self.runs += [RunSpec(c, i, False) for i in range(self.num_runs)]
+            return
+        rng = random.Random(self.seed)
+        for i in range(self.num_runs):
+            for c in (rng.sample(clocks, len(clocks)) if self.order == "random" else clocks):
+                if i == 0:
+                    self.runs += [RunSpec(c, w, True) for w in range(self.warmup_runs)]
+                self.runs.append(RunSpec(c, i, False))
 
 
 def nearest(clocks: list[int], target: int, n: int = 3) -> list[int]:
