@@ -24,7 +24,9 @@ from pathlib import Path
 
 from sd_energy_contract import env
 
-DEFAULT_OWNER_DIR = Path("/tmp/sd-energy-owners")  # host-wide: every user's sweeps meet here
+# Host-wide, so every user's sweeps (and every SLURM job's) meet here: not /tmp, which SLURM's
+# job_container/tmpfs makes private to each job (see profiling.clocks.lock_dir for the same choice).
+DEFAULT_OWNER_DIR = Path("/var/tmp/sd-energy-owners")
 POLL_S = 0.5
 
 
@@ -38,7 +40,7 @@ class Held(Exception):  # noqa: N818 - names the state, like Interrupted
 
 def owner_dir() -> Path:
     """Where GPU locks live: ``$SD_ENERGY_LOCK_DIR/owners`` when set (tests, sites), else a
-    world-writable directory in /tmp (sticky, like /tmp itself)."""
+    world-writable directory in /var/tmp (sticky, like /var/tmp itself)."""
     base = os.environ.get(env.LOCK_DIR)
     path = Path(base) / "owners" if base else DEFAULT_OWNER_DIR
     if not path.exists():

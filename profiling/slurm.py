@@ -32,10 +32,11 @@ import yaml
 from sd_energy_contract.errors import InputError
 
 from .cli_support import run_cli
-from .planning import slice_clocks
+from .planning import select_clocks, slice_clocks
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SITE_FILE = REPO_ROOT / "slurm" / "site.yaml"
+SUBMIT_DIR = REPO_ROOT / "results" / "slurm"  # what `submit` renders and writes before calling sbatch
 GPU_TYPES = ("V100", "A100", "H100", "H200")
 SITE_KEYS = {"partition", "account", "qos", "time", "gpus", "gpu_option", "constraint", "cpus_per_task", "mem",
              "modules", "python", "signal_seconds", "requeue", "results_dir", "extra_sbatch"}
@@ -283,6 +284,50 @@ def _check_values(values: dict, command: click.Command, gpu_type: str | None, ar
         slice_clocks(list(range(1 << 16)), cfg.clock_slice)  # K/N syntax only: the clock count needs the GPU
 
 
+def per_clock_experiments(name: str, gpu_type: str, out_dir: Path) -> list[tuple[int, Path]]:
+    """One experiment file per clock of experiment ``name``, for sites where SLURM sets the clock.
+
+    Each runs ``--clock-control slurm`` at one clock (``profiling-mode: custom``), to be submitted with
+    ``sbatch --gpu-freq=MHZ``: SLURM sets that clock for the job's step and the launcher only checks it.
+    The clocks are the experiment's own (custom), or its dvfs range over the clock list of the SKU it
+    names (``gpu-type``), else of the family's default SKU (``configs/gpus.yaml``).
+    """
+    from sd_energy_contract.gpus import load_gpu_specs
+
+    from .cli_support import load_config_file
+    from .launch import cli as launch_cli
+
+    path = check_experiment(name, gpu_type)
+    values = load_config_file(str(path), launch_cli)
+    mode = values.get("profiling_mode", "dvfs")
+    if mode in ("baseline", "guided") or values.get("clock_slice"):
+        what = f"profiling-mode {mode}" if mode in ("baseline", "guided") else "clock-slice"
+        raise InputError("--per-clock", name, f"needs a fixed clock list (custom or dvfs), not {what}")
+    specs = load_gpu_specs()
+    spec = specs.get(values.get("gpu_type") or gpu_type) or specs[gpu_type]
+    if spec["family"] != specs[gpu_type]["family"]:
+        spec = specs[gpu_type]
+    if mode == "custom":  # check_experiment has checked they are MHz integers
+        items = str(values.get("custom_frequencies", "")).replace(" ", "").split(",")
+        clocks = sorted({int(x) for x in items if x}, reverse=True)
+    else:
+        clocks = select_clocks("dvfs", spec["sm_clocks_mhz"], None, values.get("min_frequency"),
+                               values.get("max_frequency"), values.get("frequency_step"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for mhz in clocks:
+        one = {k: v for k, v in values.items() if k not in ("min_frequency", "max_frequency", "frequency_step")}
+        one.update(profiling_mode="custom", custom_frequencies=str(mhz), clock_control="slurm")
+        target = out_dir / f"{path.stem}_f{mhz}.yaml"
+        target.write_text(f"# {path.name} at {mhz} MHz only: submitted with sbatch --gpu-freq={mhz} "
+                          f"(python -m profiling.slurm submit {gpu_type} {name} --per-clock); SLURM sets the "
+                          f"clock, the launcher checks it. SKU clock list: {spec['sku']}.\n"
+                          + yaml.safe_dump(one, sort_keys=False))
+        check_experiment(str(target), gpu_type)
+        out.append((mhz, target))
+    return out
+
+
 def check_partition(site: dict) -> None:
     part = site.get("partition")
     if not part or not shutil.which("sinfo"):
@@ -326,25 +371,33 @@ def _write_script(path: Path, text: str) -> None:
 @click.option("--site", default=None)
 @click.option("--array-tasks", type=int, default=None, help="Submit as an array sweep with this many tasks.")
 @click.option("--dependency", default=None, help="Passed to sbatch --dependency.")
-def submit_cmd(gpu_type, experiment, site, array_tasks, dependency):
-    """Validate the experiment and site settings, then sbatch the rendered script. Prints the job id."""
+@click.option("--per-clock", is_flag=True, help="One job per clock, each submitted with sbatch --gpu-freq=MHZ: for "
+              "sites where SLURM sets the clock (the launcher runs --clock-control slurm and checks it).")
+def submit_cmd(gpu_type, experiment, site, array_tasks, dependency, per_clock):
+    """Validate the experiment and site settings, then sbatch the rendered script. Prints the job id(s)."""
     gpu_type = gpu_type.upper()
     settings = load_site(site)
     if array_tasks is not None and array_tasks < 1:
         raise InputError("--array-tasks", array_tasks, "must be at least 1")
+    if per_clock and array_tasks:
+        raise InputError("--per-clock", True, "not with --array-tasks: each clock is its own job already")
     check_experiment(experiment, gpu_type, array_tasks)
+    jobs = per_clock_experiments(experiment, gpu_type, SUBMIT_DIR) if per_clock else [(None, experiment)]
     check_partition(settings)
     if not shutil.which("sbatch"):
         raise InputError("sbatch", None, "not found on PATH: is this a SLURM login node?")
-    script = REPO_ROOT / "results" / "slurm" / f"submit_{gpu_type.lower()}{'_array' if array_tasks else ''}.sh"
+    script = SUBMIT_DIR / f"submit_{gpu_type.lower()}{'_array' if array_tasks else ''}.sh"
     script.parent.mkdir(parents=True, exist_ok=True)
     _write_script(script, render(gpu_type, settings, array_tasks))
-    cmd = ["sbatch", "--parsable"] + ([f"--dependency={dependency}"] if dependency else []) + [str(script), experiment]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
-                          env={**os.environ, "GPU_TYPE": gpu_type, "SD_ENERGY_ROOT": str(REPO_ROOT)})
-    if proc.returncode != 0:
-        raise InputError("sbatch", None, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
-    click.echo(proc.stdout.strip().split(";")[0])
+    for mhz, exp in jobs:
+        cmd = (["sbatch", "--parsable"] + ([f"--dependency={dependency}"] if dependency else [])
+               + ([f"--gpu-freq={mhz}"] if mhz else []) + [str(script), str(exp)])
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT,
+                              env={**os.environ, "GPU_TYPE": gpu_type, "SD_ENERGY_ROOT": str(REPO_ROOT)})
+        if proc.returncode != 0:
+            raise InputError("sbatch", None, proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "failed")
+        job = proc.stdout.strip().split(";")[0]
+        click.echo(f"{job} {mhz} MHz" if mhz else job)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -51,7 +51,7 @@ from sd_energy_contract.errors import InputError
 from sd_energy_contract.gpus import detect_gpu_type, load_gpu_specs
 from sd_energy_contract.layout import SAMPLE_COLUMNS
 
-from .backends import BACKENDS, open_backend
+from .backends import BACKENDS, open_backend, open_job_gpu
 from .backends.base import GpuBackend, GpuSample
 from .clocks import ClockGuard, lock_holder
 from .errors import ClockError, GpuError
@@ -248,25 +248,19 @@ def _open_gpus(option: str, value: object, indices: list[int], name: str,
         if name == "auto":
             probe = open_backend("auto", 0, gpu_type, announce=announce)
             announce, name = _quiet, probe.name
-            if 0 in indices:
-                opened[0] = probe
-            else:
-                probe.close()
+            probe.close()
         for i in indices:
-            if i in opened:
-                backend = opened[i]
-            else:
-                try:
-                    backend = open_backend(name, i, gpu_type, announce=announce)
-                except GpuError as exc:
-                    if i == 0 or not _opens(name, gpu_type):
-                        raise  # the backend itself is unavailable: its own message says what to do
-                    raise InputError(option, value, f"GPU {i} cannot be opened through {name}: {exc}") from None
-                announce = _quiet
-                opened[i] = backend
-            visible = backend.visible_devices()
-            if i not in visible:
-                raise InputError(option, value, f"GPU {i} is not visible through {name} (visible: {visible})")
+            # Index i is the i-th GPU this process's CUDA sees (torch's cuda:i), mapped through
+            # CUDA_VISIBLE_DEVICES to the GPU itself, exactly as the launcher's --gpu-index.
+            try:
+                opened[i] = open_job_gpu(name, i, gpu_type, announce=announce)[0]
+            except InputError as exc:  # phrased for the launcher's --gpu-index; here the index is in `option`
+                raise InputError(option, value, f"GPU {i}: " + exc.problem.replace("--gpu-index ", "")) from None
+            except GpuError as exc:
+                if i == 0 or not _opens(name, gpu_type):
+                    raise  # the backend itself is unavailable: its own message says what to do
+                raise InputError(option, value, f"GPU {i} cannot be opened through {name}: {exc}") from None
+            announce = _quiet
     except BaseException:
         for backend in opened.values():
             backend.close()

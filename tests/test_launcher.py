@@ -168,13 +168,15 @@ def test_dry_run_prints_the_plan(tmp_path):
     assert "estimated time" in p.stdout and not (tmp_path / "x").exists()
 
 
-def test_gpu_from_slurm_environment(tmp_path):
+def test_slurm_node_numbers_never_index_the_gpus_the_job_sees(tmp_path):
     out = tmp_path / "res"
     p = run_py(*BASE, "--profiling-mode", "baseline", "--num-runs", "1", "--app-executable", FAKE, "--app-params",
                "ok 0.01", "--output-dir", str(out), env={"SLURM_JOB_GPUS": "2", "SLURM_JOB_ID": "4242"})
     assert p.returncode == 0, p.stderr
     m = json.loads((out / "manifest.json").read_text())
-    assert m["gpu_index"] == 2 and m["gpu_uuid"] == "SIM-A100-2" and m["slurm"]["SLURM_JOB_ID"] == "4242"
+    # The job sees one GPU (renumbered from 0); SLURM's node number 2 is recorded, not used as an index.
+    assert m["gpu_index"] == 0 and m["gpu_uuid"] == "SIM-A100-0" and m["slurm"]["SLURM_JOB_ID"] == "4242"
+    assert m["slurm"]["SLURM_JOB_GPUS"] == "2" and m["gpu_selection"]["uuid"] == "SIM-A100-0"
 
 
 def test_launch_sh_wrapper(tmp_path):
@@ -232,7 +234,7 @@ def test_index_sleep_sampling_idle_and_name_options_take_effect(tmp_path):
     def sweep(out, *extra):
         p = run_py("-m", "profiling.launch", "--profiling-tool", "simulated", "--gpu-type", "A100", "--profiling-mode",
                    "baseline", "--num-runs", "2", "--app-executable", FAKE, "--app-params", "ok 0.4",
-                   "--output-dir", str(out), *extra)
+                   "--output-dir", str(out), *extra, env={"SD_ENERGY_SIMULATED_GPUS": "4"})  # a 4-GPU node
         assert p.returncode == 0, p.stderr
         return rows(out), json.loads((out / "manifest.json").read_text())
 
