@@ -35,21 +35,37 @@ def parse_supported_clocks(text: str) -> dict[str, dict[int, list[int]]]:
     return {g: {mc: sorted(set(c), reverse=True) for mc, c in mems.items() if c} for g, mems in gpus.items() if mems}
 
 
+NOT_AVAILABLE = frozenset({"[N/A]", "N/A", "[Not Supported]", "[Unknown Error]", ""})
+
+
+def parse_query_line(line: str, fields: list[str]) -> dict[str, float | str | None] | None:
+    """One ``--format=csv,noheader,nounits`` line -> {field: value}; None for a line of another width
+    (an error message, a banner, a line of a query with other fields). [N/A] becomes None."""
+    values = [v.strip() for v in line.strip().split(",")]
+    if len(values) != len(fields) or not line.strip():
+        return None
+    row: dict[str, float | str | None] = {}
+    for name, v in zip(fields, values, strict=True):
+        if v in NOT_AVAILABLE:
+            row[name] = None
+        else:
+            try:
+                row[name] = float(v)
+            except ValueError:
+                row[name] = v
+    return row
+
+
 def parse_query_csv(text: str, fields: list[str]) -> list[dict[str, float | str | None]]:
     """``--query-gpu=a,b --format=csv,noheader,nounits`` -> one dict per GPU; [N/A] becomes None."""
-    rows = []
-    for line in text.strip().splitlines():
-        values = [v.strip() for v in line.split(",")]
-        if len(values) != len(fields):
-            continue
-        row: dict[str, float | str | None] = {}
-        for name, v in zip(fields, values, strict=True):
-            if v in ("[N/A]", "N/A", "[Not Supported]", ""):
-                row[name] = None
-            else:
-                try:
-                    row[name] = float(v)
-                except ValueError:
-                    row[name] = v
-        rows.append(row)
-    return rows
+    return [row for line in text.strip().splitlines() if (row := parse_query_line(line, fields)) is not None]
+
+
+def parse_mask(value: float | str | None) -> int | None:
+    """A clock-event (throttle) reasons field, ``0x0000000000000004``, as an int; None where absent."""
+    if value is None:
+        return None
+    try:
+        return int(value, 16) if isinstance(value, str) else int(value)
+    except ValueError:
+        return None

@@ -106,7 +106,7 @@ def fake_smi(tmp_path, monkeypatch):
     script = tmp_path / "bin" / "nvidia-smi"
     script.parent.mkdir()
     script.write_text(f"""#!{sys.executable}
-import sys
+import os, sys
 args = sys.argv[1:]
 open({str(log)!r}, "a").write(" ".join(args) + "\\n")
 if "-q" in args:
@@ -117,6 +117,8 @@ elif any(a.startswith("--query-gpu=") for a in args):
     print("312.45, 1785, 2619, 98, 40960, 61, 0x0000000000000000")
 elif "-lgc" in args and args[args.index("-lgc") + 1] == "999,999":
     print("Setting locked GPU clocks is not permitted: Insufficient Permissions"); sys.exit(4)
+elif "-ac" in args and args[args.index("-ac") + 1].endswith(",999") and not os.environ.get("FAKE_SMI_ACP_OPEN"):
+    print("Setting applications clocks is not permitted: Insufficient Permissions"); sys.exit(4)
 """)
     script.chmod(script.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{script.parent}{os.pathsep}{os.environ['PATH']}")
@@ -139,6 +141,13 @@ def test_smi_backend_parses_and_controls(fake_smi):
 def test_smi_permission_error(fake_smi):
     with pytest.raises(GpuPermissionError, match="nvidia-smi -acp 0"):
         open_backend("smi", 0).lock_sm_clock(999)
+
+
+def test_smi_non_root_with_acp_0_gets_application_clocks(fake_smi, monkeypatch):
+    monkeypatch.setenv("FAKE_SMI_ACP_OPEN", "1")  # the admin ran `nvidia-smi -acp 0`
+    gpu = open_backend("smi", 0)
+    gpu.lock_sm_clock(999)
+    assert gpu.clock_method == "application" and "-ac 2619,999" in fake_smi.read_text()
 
 
 def test_dcgm_dmon_line_parsing():
@@ -182,17 +191,53 @@ def test_simulated_banner_and_unknown_type():
         open_backend("simulated", 0, "P100", announce=lambda m: None)
 
 
-def test_step_dilation_stretches_steps_at_low_clock(monkeypatch):
+def _paced(monkeypatch, gpu, clock_index):
     from profiling.backends.simulated import StepDilation
 
-    gpu = open_backend("simulated", 0, "H100", announce=lambda m: None)
-    gpu.lock_sm_clock(gpu.spec["sm_clocks_mhz"][48])  # about half the max clock
+    gpu.lock_sm_clock(gpu.spec["sm_clocks_mhz"][clock_index])
     monkeypatch.setenv("SD_ENERGY_SIMULATED_STATE", str(gpu.state_file))
-    slept = []
+    slept: list[float] = []
     monkeypatch.setattr("time.sleep", slept.append)
-    StepDilation.from_env()(0.1)
+    return StepDilation.from_env("sd-v1.5|tiny|128x128|b2"), slept
+
+
+def test_step_time_is_modelled_from_the_clock_not_from_how_busy_the_host_is(monkeypatch):
+    gpu = open_backend("simulated", 0, "H100", announce=lambda m: None)
+    pace, slept = _paced(monkeypatch, gpu, 0)
+    for host_s in (0.045, 0.030, 0.040):  # calibration: SAFETY (2) x the fastest step
+        pace(host_s)
+    assert pace.ref_s == pytest.approx(0.060) and pace.SAFETY == 2.0
+    # An idle host (10 ms) and a loaded one (45 ms): the step lasts the modelled 60 ms either way.
+    for host_s in (0.010, 0.045):
+        slept.clear()
+        pace(host_s)
+        assert host_s + slept[0] == pytest.approx(0.060)
+
+    # Another process (a later run at about half the clock) reads the calibration from the GPU's state.
+    half, slept = _paced(monkeypatch, gpu, 48)
+    assert half.ref_s == pytest.approx(0.060)
     f = gpu.spec["sm_clocks_mhz"][48]
-    assert slept[0] == pytest.approx(0.1 * 0.85 * (1785 / f - 1))
+    half(0.012)
+    assert 0.012 + slept[0] == pytest.approx(0.060 * (0.85 * 1785 / f + 0.15))
+    assert half.stretch(1785) == pytest.approx(1.0)
+
+
+def test_a_burst_of_host_load_is_paid_back_and_what_is_not_is_recorded_as_host_bound(monkeypatch, capsys):
+    gpu = open_backend("simulated", 0, "H100", announce=lambda m: None)
+    pace, slept = _paced(monkeypatch, gpu, 0)
+    for _ in range(3):
+        pace(0.015)  # calibrated: 30 ms a step at the max clock
+    slept.clear()
+    pace(0.080)  # 50 ms late
+    assert pace.debt_s == pytest.approx(0.050) and slept == []
+    pace(0.010)  # 20 ms of slack pays part of it back, no sleep
+    assert pace.debt_s == pytest.approx(0.030) and slept == []
+    assert "catch up" in capsys.readouterr().err
+    assert gpu.take_host_bound_s() == pytest.approx(0.030)  # what the launcher reads at the run's end
+    assert gpu.take_host_bound_s() == 0.0  # and the next run starts from zero
+    for _ in range(3):
+        pace(0.010)
+    assert pace.debt_s == 0.0 and sum(slept) == pytest.approx(0.030)  # paid back, then the pace again
 
 
 # ---------------------------------------------------------------- replay
