@@ -18,7 +18,7 @@ from sd_energy_contract.errors import InputError
 
 from . import models, schedulers
 from .models import ModelVariant
-from .pipeline import ATTENTION_CHOICES, ExecutionOptions, PipelineCache
+from .pipeline import ATTENTION_CHOICES, EXIT_NON_FINITE, ExecutionOptions, NonFiniteError, PipelineCache
 from .runner import GenerationRequest
 from .timing import PhaseRecorder
 
@@ -160,13 +160,17 @@ def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
 @option("--allow-pickle", is_flag=True, help="Also load .bin/.ckpt pickle weights (unsafe for untrusted files).")
 @option("--scheduler", default=None, help="Sampler (--list-schedulers); default: the variant's own.")
 @option("--device", default="auto", type=click.Choice(["auto", "cuda", "mps", "cpu"]), show_default=True)
-@option("--dtype", default="auto", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), show_default=True)
+@option("--dtype", default="auto", type=click.Choice(["auto", "fp32", "fp16", "bf16"]), show_default=True,
+        help="auto: bf16 on GPUs with bf16 tensor cores (compute capability >= 8.0), fp16 on older ones, fp32 on CPU.")
 @option("--attention", default="sdpa", type=click.Choice(ATTENTION_CHOICES), show_default=True)
 @option("--cpu-offload", default="none", type=click.Choice(["none", "model", "sequential"]), show_default=True)
 @option("--vae-slicing", is_flag=True)
 @option("--vae-tiling", is_flag=True)
 @option("--channels-last", is_flag=True)
-@option("--compile", "compile_", is_flag=True, help="torch.compile the UNet/transformer.")
+@option("--cpu-threads", type=int, default=None,
+        help="CPU runs: torch threads (default: one per core). 1 keeps its pace on a busy shared host.")
+@option("--compile", "compile_", is_flag=True,
+        help="torch.compile the UNet/transformer, compiled for the measured shapes before measuring.")
 @option("--prompt", multiple=True, help="Prompt (repeatable).")
 @option("--prompt-file", default=None, help="One prompt per line (# comments).")
 @option("--negative-prompt", default=None)
@@ -176,9 +180,11 @@ def _prompts(prompt: tuple[str, ...], prompt_file: str | None) -> list[str]:
 @option("--guidance-scale", type=float, default=None)
 @option("--seed", type=int, default=0, show_default=True)
 @option("--num-images", type=int, default=None, help="Default: prompts x images-per-prompt.")
-@option("--batch-size", default="1", callback=_batch_size, show_default=True, help="N or auto.")
+@option("--batch-size", default="1", callback=_batch_size, show_default=True,
+        help="N, or auto: the largest that fits, found before measuring.")
 @option("--images-per-prompt", type=int, default=1, show_default=True)
-@option("--warmup", type=int, default=0, show_default=True, help="Untimed runs before measuring.")
+@option("--warmup", type=int, default=None,
+        help="Unmeasured rounds at every measured batch shape before measuring; default 1 under the launcher, else 0.")
 @option("--style", default=None, help="Prompt prefix preset (icon, photo, ...).")
 @option("--style-file", default=None, help="YAML of name: prefix, adding to configs/styles.yaml.")
 @option("--init-image", default=None, help="Input image for img2img (sdxl-refiner).")
@@ -297,7 +303,7 @@ def request_from_options(o: dict) -> GenerationRequest:
         model_variant=o["model_variant"], custom_model=o["custom_model"], model_family=o["model_family"],
         weights=o["weights"], allow_pickle=o["allow_pickle"], scheduler=o["scheduler"],
         execution=ExecutionOptions(o["device"], o["dtype"], o["attention"], o["cpu_offload"], o["vae_slicing"],
-                                   o["vae_tiling"], o["channels_last"], o["compile_"]),
+                                   o["vae_tiling"], o["channels_last"], o["compile_"], o["cpu_threads"]),
         prompts=_prompts(o["prompt"], o["prompt_file"]), negative_prompt=o["negative_prompt"],
         height=o["height"], width=o["width"], steps=o["steps"], guidance_scale=o["guidance_scale"], seed=o["seed"],
         num_images=o["num_images"], batch_size=o["batch_size"], images_per_prompt=o["images_per_prompt"],
@@ -407,4 +413,10 @@ def quiet_libraries() -> None:
 
 
 def main(args: list[str] | None = None) -> int:
-    return run_cli(cli, args, prog_name="StableDiffusionViaHF.py")
+    """The command line's exit code: 0, 2 for a user error, ``EXIT_NON_FINITE`` (3) when the run
+    produced NaN/inf (the measurement is meaningless; nothing more is measured)."""
+    try:
+        return run_cli(cli, args, prog_name="StableDiffusionViaHF.py")
+    except NonFiniteError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_NON_FINITE

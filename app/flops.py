@@ -222,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--guidance", type=float)
     ap.add_argument("--markdown", action="store_true")
     a = ap.parse_args(argv)
+    if a.variant:
+        try:
+            get_variant(a.variant)
+        except KeyError as exc:  # UnknownVariantError: its message names the close matches
+            ap.exit(2, f"flops.py: error: --variant: {exc.args[0]}\n")
+    for name in ("height", "width", "steps"):
+        if getattr(a, name) is not None and getattr(a, name) <= 0:
+            ap.exit(2, f"flops.py: error: --{name}: {getattr(a, name)} is not a positive number\n")
     keys = [a.variant] if a.variant else list(VARIANTS)
     tables = {k: variant_table(get_variant(k), a.height, a.width, a.steps, a.guidance) for k in keys}
     if a.markdown:

@@ -11,12 +11,14 @@ See ``sd_energy_contract.workload`` for the protocol.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from sd_energy_contract.errors import InputError
 from sd_energy_contract.workload import RunContext
 
 from .cli import MODE_OPTIONS, parse_options, quiet_libraries, request_from_options
 from .pipeline import PipelineCache, resolve_device
-from .runner import check_inputs, generate, load, metrics_targets, record, run_config
+from .runner import DEFAULT_WARMUP, check_inputs, generate, load, metrics_targets, record, run_config
 from .timing import PhaseRecorder
 
 
@@ -32,7 +34,10 @@ class StableDiffusionWorkload:
                 flag = "--" + key.replace("_", "-")
                 raise InputError(flag, None, "in-process runs do one generation each; run this mode as the app "
                                              "process instead (without --in-process)")
-        self.request, self.variant = check_inputs(request_from_options(options))
+        request = request_from_options(options)
+        if request.warmup is None:  # the launcher runs this workload: warm up as under it in process mode
+            request = replace(request, warmup=DEFAULT_WARMUP)
+        self.request, self.variant = check_inputs(request)
         self.cache = PipelineCache()
         self._warm = False
 

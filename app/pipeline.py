@@ -1,30 +1,32 @@
 """Load a diffusion pipeline, apply execution options, and generate with per-step and phase timings.
 
-The generation call is diffusers' own ``pipe(...)``; timing rides on it through diffusers' and
-torch's extension points, never by replacing methods on the pipeline: a ``PipelineCallback``
-(``BatchTiming``) at the end of each denoising step, and forward pre-hooks on the text encoders,
-the denoiser and the VAE for the phase boundaries, registered for one call and removed after it.
-So the measured work is exactly what a plain diffusers user runs, and
-``benchmarks/bench_app_overhead.py`` checks the instrumentation costs next to nothing.
+The generation call is diffusers' own ``pipe(...)``; timing rides on it through torch's extension
+points, never by replacing methods on the pipeline: forward pre-hooks on the text encoders, the
+denoiser and the VAE (``timing.BatchTiming``), registered for one call and removed after it. So the
+measured work is exactly what a plain diffusers user runs, and ``benchmarks/bench_app_overhead.py``
+checks the instrumentation costs next to nothing.
+
+A batch (the ``batch`` phase) is the pipeline call up to decoded pixels on the host, as uint8;
+turning them into PIL images happens later, when they are saved, after the last measured batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import inspect
+import gc
 import os
 import resource
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from diffusers.callbacks import PipelineCallback
 
 from . import schedulers, weights
 from .models import ModelVariant
-from .timing import PhaseRecorder, synchronize
+from .timing import BatchTiming, PhaseRecorder, denoiser, synchronize
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ATTENTION_CHOICES = ("sdpa", "xformers", "slicing", "math")
@@ -40,14 +42,36 @@ class ExecutionOptions:
     vae_tiling: bool = False
     channels_last: bool = False
     compile: bool = False
+    # CPU runs only: torch's intra-op threads (None: torch's default, one per core). On a shared host
+    # OpenMP threads that wait for each other at every op stall for whole time slices: one thread is
+    # slower when the host is idle but keeps its pace when it is busy (the simulated GPU's demo uses 1).
+    cpu_threads: int | None = None
+
+
+class NonFiniteError(RuntimeError):
+    """A batch produced NaN or infinite values: the run is meaningless (NaN arithmetic draws other
+    power than real numbers) and stops. The command line exits with ``EXIT_NON_FINITE``."""
+
+
+EXIT_NON_FINITE = 3
 
 
 @dataclass
 class BatchResult:
-    images: list
+    pixels: torch.Tensor  # uint8 (images, height, width, RGB) on the host
     latency_s: float
     step_times_s: list[float]
     phases_s: dict[str, float]
+
+    def __len__(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @functools.cached_property
+    def images(self) -> list:
+        """The batch as PIL images, converted on first use (after the measured batches, not inside one)."""
+        from PIL import Image
+
+        return [Image.fromarray(a) for a in self.pixels.numpy()]
 
 
 @dataclass
@@ -63,6 +87,7 @@ class LoadedWorkload:
     options: ExecutionOptions
     load_s: float
     notes: list[str] = field(default_factory=list)
+    dtype_reason: str = ""
 
     @property
     def scheduler_class(self) -> str:
@@ -79,12 +104,36 @@ def resolve_device(requested: str) -> str:
     return "cpu"
 
 
-def resolve_dtype(requested: str, device: str) -> str:
+# bf16 tensor cores arrived with Ampere (compute capability 8.0: A100; H100 is 9.0). On a V100 (7.0)
+# or T4 (7.5) bf16 still runs, emulated through fp32 and slower: torch.cuda.is_bf16_supported() says
+# True there, so the capability decides. Those GPUs have fp16 tensor cores.
+BF16_MIN_CAPABILITY = (8, 0)
+
+
+def dtype_choice(requested: str, device: str) -> tuple[str, str]:
+    """(dtype, why): what runs, and the reason the metrics record with it (``config.dtype_reason``).
+
+    ``auto``: bf16 on a GPU with bf16 tensor cores, fp16 on an older GPU, fp16 on Apple MPS, fp32 on
+    the CPU (half precision there is slow and not what a GPU run measures).
+    """
+    capability = _capability(device) if device.startswith("cuda") else None
+    cc = "" if capability is None else f"compute capability {capability[0]}.{capability[1]}"
     if requested != "auto":
-        return requested
-    if device.startswith("cuda"):
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp16" if device == "mps" else "fp32"
+        if requested == "bf16" and capability is not None and capability < BF16_MIN_CAPABILITY:
+            return requested, f"requested; {cc} has no bf16 tensor cores: emulated, slower than fp16"
+        return requested, "requested"
+    if capability is not None:
+        if capability >= BF16_MIN_CAPABILITY:
+            return "bf16", f"auto: {cc} has bf16 tensor cores"
+        return "fp16", f"auto: {cc} has no bf16 tensor cores (bf16 would be emulated), fp16 has"
+    if device == "mps":
+        return "fp16", "auto: Apple MPS runs fp16"
+    return "fp32", f"auto: {device} runs fp32 (half precision there is slow and unlike a GPU run)"
+
+
+def _capability(device: str) -> tuple[int, int]:
+    major, minor = torch.cuda.get_device_capability(device)
+    return int(major), int(minor)
 
 
 def resolve_weights(requested: str, variant: ModelVariant, device: str) -> tuple[str, str | None]:
@@ -100,10 +149,36 @@ def resolve_weights(requested: str, variant: ModelVariant, device: str) -> tuple
 
 
 def peak_memory_mib(device: str) -> float:
+    """Peak memory since ``reset_peak_memory``: the CUDA allocator's over the measured batches; on other
+    devices the process's peak resident set over its whole life (it cannot be reset)."""
     if device.startswith("cuda"):
         return torch.cuda.max_memory_allocated() / 2**20
     # Linux reports ru_maxrss in KiB: the process's peak resident set.
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory(device: str) -> None:
+    """Start the peak-memory count afresh before the measured batches (load, search and warm-up excluded)."""
+    if device.startswith("cuda"):
+        for index in range(torch.cuda.device_count()):
+            torch.cuda.reset_peak_memory_stats(index)
+
+
+def free_cached_memory() -> None:
+    """Return what a failed allocation left cached to the device, so the next attempt starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# What a resident pipeline has been through, per pipeline object: the shapes its compiled denoiser
+# was compiled for (so a later generation compiles only new ones), and the batch size
+# ``--batch-size auto`` found for a request (so every run of an in-process sweep uses the same one).
+_PIPELINE_STATE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def pipeline_state(pipe) -> dict:
+    return _PIPELINE_STATE.setdefault(pipe, {"compiled": set(), "auto_batch": {}})
 
 
 class PipelineCache:
@@ -154,7 +229,9 @@ def load_workload(variant: ModelVariant, weights_source: str, scheduler_name: st
     Only a real load is a ``load`` phase; a cache hit costs nothing and records nothing.
     """
     device = resolve_device(options.device)
-    dtype_name = resolve_dtype(options.dtype, device)
+    if device == "cpu" and options.cpu_threads:
+        torch.set_num_threads(options.cpu_threads)
+    dtype_name, dtype_reason = dtype_choice(options.dtype, device)
     source, note = resolve_weights(weights_source, variant, device)
     dtype = DTYPES[dtype_name]
     recorder = recorder or PhaseRecorder(device)
@@ -166,7 +243,8 @@ def load_workload(variant: ModelVariant, weights_source: str, scheduler_name: st
     if cached is not None:
         pipe, base = cached
         pipe.scheduler = schedulers.build(scheduler_name, variant.family, base)
-        wl = LoadedWorkload(pipe, variant, source, device, dtype_name, scheduler_name, options, 0.0)
+        wl = LoadedWorkload(pipe, variant, source, device, dtype_name, scheduler_name, options, 0.0,
+                            dtype_reason=dtype_reason)
     else:
         with recorder.phase("load"):
             if source == "tiny":
@@ -187,14 +265,12 @@ def load_workload(variant: ModelVariant, weights_source: str, scheduler_name: st
         if cache is not None:
             cache.put(key, pipe, base)
         wl = LoadedWorkload(pipe, variant, source, device, dtype_name, scheduler_name, options,
-                            time.perf_counter() - t0)
+                            time.perf_counter() - t0, dtype_reason=dtype_reason)
     if note:
         wl.notes.append(note)
+    if dtype_reason.startswith("requested;"):
+        wl.notes.append(f"--dtype {dtype_name}: {dtype_reason.split('; ', 1)[1]}; --dtype auto picks fp16 here")
     return wl
-
-
-def _denoiser(pipe):
-    return getattr(pipe, "unet", None) or pipe.transformer
 
 
 def _apply_options(pipe, opt: ExecutionOptions, device: str) -> None:
@@ -213,10 +289,14 @@ def _apply_options(pipe, opt: ExecutionOptions, device: str) -> None:
     elif opt.device != "balanced":
         pipe.to(device)
     if opt.channels_last:
-        _denoiser(pipe).to(memory_format=torch.channels_last)
-    if opt.compile:
-        denoiser = _denoiser(pipe)
-        denoiser.compile(fullgraph=False, mode="max-autotune-no-cudagraphs" if device.startswith("cuda") else None)
+        denoiser(pipe).to(memory_format=torch.channels_last)
+    if opt.compile:  # compiled lazily, by the first call at each shape: the compile passes before the batches
+        denoiser(pipe).compile(**compile_options(device))
+
+
+def compile_options(device: str) -> dict:
+    """``torch.compile``'s arguments for the denoiser (inductor; autotuned kernels on a GPU)."""
+    return {"fullgraph": False, "mode": "max-autotune-no-cudagraphs" if device.startswith("cuda") else None}
 
 
 def attention_context(attention: str):
@@ -226,106 +306,6 @@ def attention_context(attention: str):
 
         return sdpa_kernel(SDPBackend.MATH)
     return contextlib.nullcontext()
-
-
-# The text encoders a pipeline may carry (SDXL has two, SD3 three); absent ones are None or missing.
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
-
-
-class BatchTiming(PipelineCallback):
-    """Times one pipeline call from inside diffusers, at its own extension points.
-
-    Leaf phases open when a model starts and last until the next boundary: ``text_encode`` from
-    the first text-encoder call (there may be several: two encoders, the negative prompt) to the
-    first denoiser call; each ``denoise_step`` from its first denoiser call (Heun makes two) to
-    diffusers' step-end callback, which is this object; ``vae_decode`` from the first decoder call
-    (slices and tiles make several) to the end of the pipeline call. So consecutive model calls of
-    one kind are one span, and a per-phase clock switches once per phase, not once per call.
-    The step-end callback also runs ``step_hook`` (the simulated GPU's clock dilation) inside the step.
-    """
-
-    tensor_inputs: list[str] = []  # reads no tensor and changes none
-
-    def __init__(self, recorder: PhaseRecorder, batch_index: int, step_hook: Callable[[float], None] | None = None):
-        super().__init__()
-        self.recorder = recorder
-        self.batch_index = batch_index
-        self.step_hook = step_hook
-        self.step_times_s: list[float] = []
-        self._open: tuple[str, dict, float] | None = None  # (phase, event fields, start time)
-
-    def _enter(self, phase: str, **extra) -> None:
-        if self._open is not None and self._open[0] == phase:
-            return  # the same phase goes on (another encoder, a second call within the step, a tile)
-        self.finish()
-        extra["batch"] = self.batch_index
-        self._open = (phase, extra, self.recorder.start(phase, **extra))
-
-    def finish(self) -> float | None:
-        """Close the open phase, if any; returns its duration."""
-        if self._open is None:
-            return None
-        phase, extra, t0 = self._open
-        self._open = None
-        return self.recorder.end(phase, t0, **extra) - t0
-
-    # torch forward pre-hooks, registered for one pipeline call. Kept out of torch.compile's
-    # tracing: they do I/O, and a compiled denoiser must not recompile for each new hook.
-    @torch.compiler.disable
-    def before_text_encoder(self, module, args) -> None:
-        self._enter("text_encode")
-
-    @torch.compiler.disable
-    def before_denoiser(self, module, args) -> None:
-        if self._open is None or self._open[0] != "denoise_step":
-            self._enter("denoise_step", step=len(self.step_times_s))
-
-    @torch.compiler.disable
-    def before_vae_encoder(self, module, args) -> None:
-        self.finish()  # img2img encodes its input image: part of the batch, no phase of its own
-
-    @torch.compiler.disable
-    def before_vae_decoder(self, module, args) -> None:
-        self._enter("vae_decode")
-
-    # diffusers' step-end callback
-    def callback_fn(self, pipeline, step_index, timestep, callback_kwargs) -> dict:
-        if self._open is not None and self._open[0] == "denoise_step":
-            if self.step_hook is not None:
-                synchronize(self.recorder.device)
-                self.step_hook(time.monotonic() - self._open[2])
-            self.step_times_s.append(self.finish())
-        return callback_kwargs
-
-    @contextlib.contextmanager
-    def hooked(self, pipe):
-        """Forward pre-hooks on the pipeline's text encoders, denoiser and VAE, removed after the call."""
-        targets = [(getattr(pipe, name, None), self.before_text_encoder) for name in TEXT_ENCODERS]
-        targets += [(_denoiser(pipe), self.before_denoiser),
-                    (getattr(pipe.vae, "encoder", None), self.before_vae_encoder),
-                    (getattr(pipe.vae, "decoder", None), self.before_vae_decoder)]
-        handles = [m.register_forward_pre_hook(hook) for m, hook in targets if isinstance(m, torch.nn.Module)]
-        try:
-            yield self
-        finally:
-            for h in handles:
-                h.remove()
-            self.finish()
-
-    def call_kwargs(self, pipe) -> dict:
-        """How this pipeline takes a per-step callback: the callback object, or (PixArt) the older
-        ``callback(step, t, latents)``, since ``callback_on_step_end`` would vanish into its ``**kwargs``."""
-        params = _call_parameters(type(pipe))
-        if "callback_on_step_end" in params:
-            return {"callback_on_step_end": self}
-        if "callback" in params:
-            return {"callback": lambda i, t, latents: self(pipe, i, t, {}), "callback_steps": 1}
-        raise TypeError(f"{type(pipe).__name__} takes no per-step callback: denoising steps cannot be timed")
-
-
-@functools.cache
-def _call_parameters(cls: type) -> frozenset[str]:
-    return frozenset(inspect.signature(cls.__call__).parameters)
 
 
 class Generator:
@@ -338,13 +318,17 @@ class Generator:
 
     def run_batch(self, prompts: list[str], negative_prompt: str | None, height: int, width: int, steps: int,
                   guidance: float, seeds: list[int], batch_index: int = 0, init_image=None,
-                  strength: float = 0.3, phase: str = "batch") -> BatchResult:
+                  strength: float = 0.3, phase: str = "batch", **event) -> BatchResult:
+        """One pipeline call as the phase ``phase`` (``batch``; ``warmup`` for unmeasured passes, whose
+        ``event`` fields say why: ``search``, ``compile``). Raises ``NonFiniteError`` after the phase
+        has ended when the latents or the images hold NaN or infinity."""
         wl, rec = self.wl, self.recorder
         gen_device = "cpu" if wl.options.cpu_offload != "none" else wl.device
         generators = [torch.Generator(gen_device).manual_seed(s) for s in seeds]
         timing = BatchTiming(rec, batch_index, self.step_hook)
+        # "pt": the decoded images stay a tensor; PIL conversion waits until the measured batches are done.
         kwargs = dict(prompt=prompts, num_inference_steps=steps, guidance_scale=guidance, generator=generators,
-                      output_type="pil", **timing.call_kwargs(wl.pipe))
+                      output_type="pt")
         if wl.variant.family.startswith("pixart"):
             # Exact sizes (PixArt would otherwise snap them to its aspect-ratio bins) and no caption
             # cleaning (it needs bs4/ftfy and changes the prompt).
@@ -356,35 +340,67 @@ class Generator:
         else:
             kwargs.update(height=height, width=width)
         before = dict(rec.totals_s)
-        with torch.inference_mode(), attention_context(wl.options.attention), rec.phase(phase, batch=batch_index):
+        with torch.inference_mode(), attention_context(wl.options.attention), \
+                rec.phase(phase, batch=batch_index, **event):
             t0 = time.perf_counter()
             with timing.hooked(wl.pipe):
-                images = wl.pipe(**kwargs).images
+                images = wl.pipe(**kwargs).images  # float (n, 3, h, w) in [0, 1], on the device
+            finite = torch.isfinite(images).all()
+            pixels = to_host_pixels(images)
             synchronize(wl.device)
             latency = time.perf_counter() - t0
+        check_finite(timing.latents_finite, finite, f"{phase} {batch_index}", wl)
         phases = {k: v - before.get(k, 0.0) for k, v in rec.totals_s.items()
                   if v - before.get(k, 0.0) > 0 and k != "denoise_step"}
         phases["denoise"] = sum(timing.step_times_s)  # the steps' total, under the name the metrics have always used
-        return BatchResult(images, latency, timing.step_times_s, phases)
+        return BatchResult(pixels, latency, timing.step_times_s, phases)
+
+
+def to_host_pixels(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] (n, 3, h, w) -> uint8 (n, h, w, 3) on the host, rounded as diffusers' PIL output is."""
+    return (images.float() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def check_finite(latents_finite: list[torch.Tensor], images_finite: torch.Tensor, where: str,
+                 wl: LoadedWorkload) -> None:
+    """``NonFiniteError`` naming what went non-finite: the latents reaching the VAE, or only its output."""
+    latents_ok = all(bool(f) for f in latents_finite)
+    if latents_ok and bool(images_finite):
+        return
+    what = "the latents (the VAE decoder's input)" if not latents_ok else "the decoded images (the latents were finite)"
+    raise NonFiniteError(f"{what} hold NaN or infinite values after {where} ({wl.variant.key}, {wl.weights_source} "
+                         f"weights, {wl.dtype}): the run is meaningless (NaN arithmetic draws other power) and stops; "
+                         "try --dtype fp32, or bf16 on a GPU with compute capability 8.0 or later")
+
+
+# Allocation failures that are not ``torch.OutOfMemoryError``: a CUDA call that ran out of memory
+# ("CUDA error: out of memory"), a library failing to allocate its workspace
+# ("CUBLAS_STATUS_ALLOC_FAILED", "CUDNN_STATUS_ALLOC_FAILED"), Apple's "MPS backend out of memory".
+OOM_MARKERS = ("out of memory", "ALLOC_FAILED")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and any(marker in str(exc) for marker in OOM_MARKERS))
 
 
 def backoff_batches(run, start: int) -> int:
     """Largest batch that fits: try ``start``, halve on out-of-memory, return the size that ran.
 
-    ``run(b)`` generates one batch of ``b`` images and raises ``torch.OutOfMemoryError`` when
-    it does not fit. Used by ``--batch-size auto``.
+    ``run(b)`` generates one batch of ``b`` images; an allocation failure (``is_out_of_memory``)
+    means it does not fit, anything else is raised. Used by ``--batch-size auto``, before the
+    measured batches (see ``app.warmup``).
     """
     b = max(1, start)
     while True:
         try:
             run(b)
             return b
-        except torch.OutOfMemoryError:
-            if b == 1:
+        except Exception as exc:
+            if b == 1 or not is_out_of_memory(exc):
                 raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            b //= 2
+        free_cached_memory()  # outside the handler: the traceback no longer holds the failed batch's tensors
+        b //= 2
 
 
 def environment_info(device: str) -> dict:

@@ -4,6 +4,7 @@ resident pipeline: warm-up, batches, save; metrics JSON. Every mode goes through
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import statistics
@@ -26,12 +27,14 @@ from .pipeline import (
     Generator,
     LoadedWorkload,
     PipelineCache,
-    backoff_batches,
     environment_info,
     load_workload,
     peak_memory_mib,
+    pipeline_state,
+    reset_peak_memory,
 )
 from .timing import PhaseRecorder
+from .warmup import Preparation, dynamo_totals, prepare
 
 ICON_PREFIX = ("flat vector icon, minimal, solid shapes, no gradients, no shading, no texture, white background, "
                "centered composition, simple geometry, ")
@@ -84,6 +87,17 @@ def load_styles(extra_file: str | None = None) -> dict[str, str]:
     return styles
 
 
+# Warm-up rounds (see app.warmup) when the launcher runs the app and --warmup is not given: a process
+# per run starts cold (lazy CUDA init, kernel selection, allocator growth), and that is not the
+# steady state a sweep compares across clocks. Alone, the app runs none unless asked.
+DEFAULT_WARMUP = 1
+
+
+def default_warmup() -> int:
+    """``DEFAULT_WARMUP`` under the launcher (it sets ``SD_ENERGY_RUN_ID`` for each run), else 0."""
+    return DEFAULT_WARMUP if os.environ.get(env.RUN_ID) else 0
+
+
 @dataclass
 class GenerationRequest:
     model_variant: str = "sd-v1.5"
@@ -103,7 +117,7 @@ class GenerationRequest:
     num_images: int | None = None
     batch_size: int | str = 1
     images_per_prompt: int = 1
-    warmup: int = 0
+    warmup: int | None = None  # None: DEFAULT_WARMUP under the launcher, else none (``default_warmup``)
     style: str | None = None
     style_file: str | None = None
     init_image: str | None = None
@@ -130,7 +144,8 @@ class GenerationRequest:
                        width=pick(self.width, v.native_size), steps=pick(self.steps, v.default_steps),
                        scheduler=pick(self.scheduler, v.default_scheduler),
                        guidance_scale=pick(self.guidance_scale, v.default_guidance),
-                       num_images=pick(self.num_images, len(prompts) * self.images_per_prompt))
+                       num_images=pick(self.num_images, len(prompts) * self.images_per_prompt),
+                       warmup=pick(self.warmup, default_warmup()))
 
 
 def _whole(option: str, value: object, low: int, high: int, why_high: str) -> None:
@@ -264,6 +279,9 @@ def check_inputs(req: GenerationRequest) -> tuple[GenerationRequest, ModelVarian
     _check_init_image(r, variant)
     if variant.needs_init_image and int(r.steps * r.strength) < 1:
         raise InputError("--steps", r.steps, f"with strength {r.strength} the refiner would run no denoising step")
+    threads = r.execution.cpu_threads
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise InputError("--cpu-threads", threads, "must be a whole number of threads, at least 1")
     if r.execution.cpu_offload != "none":
         from .pipeline import resolve_device
 
@@ -320,15 +338,19 @@ def expand_jobs(r: GenerationRequest) -> list[tuple[str, int]]:
     return [(order[i % len(order)], r.seed + i) for i in range(r.num_images)]
 
 
-def step_hook_from_env() -> Callable[[float], None] | None:
-    """The simulated GPU stretches each step to the time it would take at the locked clock.
+def step_hook_from_env(r: GenerationRequest | None = None) -> Callable[[float], None] | None:
+    """The simulated GPU paces each step to its modelled time at the locked clock.
 
-    Read at each generation, not at import: an in-process launcher sets the variable per run.
+    Read at each generation, not at import: an in-process launcher sets the variable per run. The
+    request names the workload whose step time the simulated GPU calibrates once and keeps.
     """
     if os.environ.get(env.SIMULATED_STATE):
         from profiling.backends.simulated import StepDilation
 
-        return StepDilation.from_env()
+        signature = "default" if r is None else "|".join(str(v) for v in (
+            r.custom_model or r.model_variant, r.weights, r.scheduler, r.height, r.width, r.batch_size,
+            r.guidance_scale, r.execution.dtype, r.execution.device, bool(r.negative_prompt), bool(r.init_image)))
+        return StepDilation.from_env(signature)
     return None
 
 
@@ -362,6 +384,8 @@ class Generation:
     files: list[str]
     started: datetime
     outside_batches_s: dict[str, float]
+    preparation: Preparation
+    recompiles: int | None = None  # torch.compile frames compiled during the measured batches
 
     @property
     def images(self) -> list:
@@ -373,6 +397,11 @@ class Generation:
         r, wl = self.request, self.workload
         metrics = build_metrics(r, self.variant, wl, self.batches, self.batch_size, self.started, self.files,
                                 self.outside_batches_s)
+        prep = self.preparation
+        metrics["compile"] = prep.compile_metrics(wl.options.compile, self.recompiles)
+        metrics["compile_s"] = prep.compile_s
+        metrics["unmeasured_passes"] = {"batch_size_search": prep.searched, "compile": len(prep.compile_passes_s),
+                                        "warmup": prep.warmup_passes}
         from .flops import flops_per_image, pipeline_configs
 
         # Counted on the meta device from the loaded components' configs (cached on disk per shape).
@@ -408,30 +437,33 @@ def generate(r: GenerationRequest, variant: ModelVariant, recorder: PhaseRecorde
     wl = load(r, variant, recorder, cache)
     for note in wl.notes:
         log(f"note: {note}")
-    gen = Generator(wl, recorder, step_hook_from_env())
+    gen = Generator(wl, recorder, step_hook_from_env(r))
     jobs = expand_jobs(r)
     before = dict(recorder.totals_s)  # a recorder may serve several generations (suites, services)
 
-    def batch(items, index, phase="batch"):
+    def batch(items, index, phase="batch", **event):
         return gen.run_batch([prefix + p for p, _ in items], r.negative_prompt, r.height, r.width, r.steps,
-                             r.guidance_scale, [s for _, s in items], index, init_image, r.strength, phase)
+                             r.guidance_scale, [s for _, s in items], index, init_image, r.strength, phase, **event)
 
-    n_warmup = r.warmup if warmup is None else warmup
-    for w in range(n_warmup):
-        batch(jobs[:1], -1 - w, phase="warmup")
+    unmeasured = itertools.count(1)  # unmeasured passes are batches -1, -2, ... in the events
 
-    batch_size = r.batch_size
-    results = []
-    if batch_size == "auto":
-        first = {}
-        start = min(len(jobs), 64 if wl.device.startswith("cuda") else len(jobs))
-        batch_size = backoff_batches(lambda b: first.setdefault("r", batch(jobs[:b], 0)), start)
-        results.append(first["r"])
-        done = batch_size
-    else:
-        batch_size, done = int(batch_size), 0
-    for i in range(done, len(jobs), batch_size):
-        results.append(batch(jobs[i:i + batch_size], len(results)))
+    def unmeasured_pass(n: int, **event) -> None:
+        batch(jobs[:n], -next(unmeasured), phase="warmup", **event)
+
+    state = pipeline_state(wl.pipe)
+    shape = (r.height, r.width, r.guidance_scale, bool(r.negative_prompt), r.init_image)
+    prep = prepare(unmeasured_pass, len(jobs), r.batch_size, r.warmup if warmup is None else warmup, wl.device,
+                   compiled=state["compiled"] if wl.options.compile else None, shape_key=lambda n: (n, *shape),
+                   found=state["auto_batch"], search_key=(len(jobs), *shape))
+    batch_size = prep.batch_size
+    reset_peak_memory(wl.device)  # the peak of the measured batches, not of loading or the search
+    compiled_before = dynamo_totals() if wl.options.compile else None
+    results = [batch(jobs[i:i + batch_size], k) for k, i in enumerate(range(0, len(jobs), batch_size))]
+    compiled_after = dynamo_totals() if compiled_before is not None else None
+    recompiles = compiled_after[0] - compiled_before[0] if compiled_before and compiled_after else None
+    if recompiles:
+        wl.notes.append(f"torch.compile compiled {recompiles} time(s) inside measured batches: their time "
+                        "includes compilation")
 
     name = file_name or (lambda idx, prompt, seed: f"{r.output_prefix}{outputs.slugify(prompt)}_{idx:03d}_s{seed}.png")
     out_dir = Path(r.output_dir)
@@ -448,8 +480,8 @@ def generate(r: GenerationRequest, variant: ModelVariant, recorder: PhaseRecorde
                 outputs.save_png(im, path, params)
                 files.append(str(path))
     outside = {k: recorder.totals_s[k] - before.get(k, 0.0) for k in ("warmup", "save")
-               if k == "save" or n_warmup}
-    return Generation(r, variant, wl, jobs, prefix, results, batch_size, files, started, outside)
+               if k == "save" or prep.passes}
+    return Generation(r, variant, wl, jobs, prefix, results, batch_size, files, started, outside, prep, recompiles)
 
 
 def launcher_metrics_file() -> str | None:
@@ -526,8 +558,10 @@ def run_config(r: GenerationRequest, variant: ModelVariant, wl: LoadedWorkload, 
     return {
         "model_variant": variant.key, "model_id": variant.hub_id, "family": variant.family,
         "weights": wl.weights_source, "scheduler": r.scheduler, "scheduler_class": wl.scheduler_class,
-        "dtype": wl.dtype, "attention": wl.options.attention, "device": wl.device,
+        "dtype": wl.dtype, "dtype_requested": r.execution.dtype, "dtype_reason": wl.dtype_reason,
+        "attention": wl.options.attention, "device": wl.device,
         "cpu_offload": wl.options.cpu_offload, "compile": wl.options.compile, "channels_last": wl.options.channels_last,
+        "cpu_threads": wl.options.cpu_threads,
         "vae_slicing": wl.options.vae_slicing, "vae_tiling": wl.options.vae_tiling,
         "height": r.height, "width": r.width, "steps": r.steps, "guidance_scale": r.guidance_scale,
         "batch_size": batch_size, "batch_size_requested": r.batch_size, "num_images": n_images,
@@ -539,7 +573,7 @@ def run_config(r: GenerationRequest, variant: ModelVariant, wl: LoadedWorkload, 
 def build_metrics(r: GenerationRequest, variant: ModelVariant, wl: LoadedWorkload, results: list[BatchResult],
                   batch_size: int, started: datetime, files: list[str], outside_batches_s: dict[str, float]) -> dict:
     """The app metrics JSON (see docs/ARCHITECTURE.md); phases cover measured batches plus load/warm-up/save."""
-    n_images = sum(len(res.images) for res in results)
+    n_images = sum(len(res) for res in results)
     total_s = sum(res.latency_s for res in results)
     phases: dict[str, float] = {"load": wl.load_s, **outside_batches_s}
     for res in results:
@@ -547,7 +581,7 @@ def build_metrics(r: GenerationRequest, variant: ModelVariant, wl: LoadedWorkloa
             phases[k] = phases.get(k, 0.0) + v
     steps_total = sum(len(res.step_times_s) for res in results)
     config = run_config(r, variant, wl, batch_size, n_images)
-    per_image = [res.latency_s / len(res.images) for res in results for _ in res.images]
+    per_image = [res.latency_s / len(res) for res in results for _ in range(len(res))]
     return {
         "schema": "sd-energy.app-metrics/1",
         "started_utc": started.isoformat(),

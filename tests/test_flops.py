@@ -48,3 +48,14 @@ def test_profile_compute_flag(capsys):
     assert main(["--profile-compute", "--height", "512", "--width", "512", "--steps", "25"]) == 0
     out = capsys.readouterr().out
     assert "unet" in out and "vae_decoder" in out and "TFLOPs per image" in out
+
+
+@pytest.mark.parametrize(("argv", "named"), [(["--variant", "sd15"], "--variant: unknown model variant 'sd15'"),
+                                             (["--variant", "sd-v1.5", "--height", "0"], "--height: 0")])
+def test_flops_cli_bad_input_is_one_line_exit_2(argv, named, capsys):
+    from app.flops import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and named in err and len(err.strip().splitlines()) == 1

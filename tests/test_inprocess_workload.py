@@ -29,7 +29,7 @@ def test_load_once_then_runs_with_events_metrics_and_phase_hooks(tmp_path, monke
     from profiling.backends import simulated
 
     monkeypatch.setenv("SD_ENERGY_SIMULATED_STATE", str(tmp_path / "h100-0.json"))
-    monkeypatch.setattr(simulated.StepDilation, "from_env", classmethod(lambda cls: dilated.append))
+    monkeypatch.setattr(simulated.StepDilation, "from_env", classmethod(lambda cls, signature="default": dilated.append))
 
     for i in range(2):
         calls = []

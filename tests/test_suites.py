@@ -93,7 +93,7 @@ def test_compare_models_keep_loaded_relative_dir_under_the_launcher(tmp_path, mo
     monkeypatch.setenv("SD_ENERGY_EVENTS_FILE", str(tmp_path / "ev.jsonl"))
     monkeypatch.setenv("SD_ENERGY_METRICS_FILE", str(tmp_path / "m.json"))
     monkeypatch.setenv("SD_ENERGY_SIMULATED_STATE", str(tmp_path / "h100-0.json"))
-    monkeypatch.setattr(simulated.StepDilation, "from_env", classmethod(lambda cls: dilated.append))
+    monkeypatch.setattr(simulated.StepDilation, "from_env", classmethod(lambda cls, signature="default": dilated.append))
     assert main([*SMALLEST, "--compare-models", "sd-v1.5,sd-v2.1", "--keep-loaded"]) == 0
     (root,) = (tmp_path / "outputs").iterdir()
     assert len(rows(root / "comparison.csv")) == 2 and len(list(root.glob("*.png"))) == 2
