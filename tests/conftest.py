@@ -14,6 +14,12 @@ REFERENCE = REPO.parent / "shared" / "data" / "reference"
 SMI_CAPTURES = REPO.parent / "shared" / "data" / "nvidia-smi"
 PY = sys.executable
 
+# One BLAS/OpenMP thread for the tests and every process they start: the tiny models gain nothing from
+# more, and on a busy 2-core CI host threads that wait for each other at every op stalled whole tests
+# (a tiny UNet forward took ~2 s with 2 threads under load). Set before numpy or torch is imported.
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def _session_env(tmp_path_factory):
