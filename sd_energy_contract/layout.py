@@ -34,6 +34,9 @@ RUNS_COLUMNS = [
     # the run's start and how long the launcher waited for it to settle, the SKU, MIG.
     "clock_method", "power_source", "energy_source", "energy_confidence", "energy_update_period_s",
     "temp_start_c", "settle_wait_s", "gpu_sku", "mig",
+    # The simulated GPU only: seconds of the run the host was too busy to keep the modelled pace
+    # (power_modeling screens runs where this is a noticeable share of work_s).
+    "twin_host_bound_s",
 ]
 APP_CONFIG_FIELDS = {"app_" + k: k for k in ("model_variant", "weights", "scheduler", "dtype", "attention", "height",
                                              "width", "steps", "batch_size", "guidance_scale", "device")}
