@@ -1,32 +1,30 @@
-"""``python -m power_modeling {features,fit,predict,select,report,merge} RESULTS... [--out DIR]``."""
+"""``python -m power_modeling {features,fit,predict,select,report,merge} RESULTS... [--out DIR]``.
+
+Each command imports what it uses when it runs (pandas to read, scikit-learn to fit, matplotlib to
+plot), so ``--help`` and the commands that neither fit nor plot start without paying for the rest.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import pandas as pd
 
 from profiling.cli_support import run_cli
 from sd_energy_contract.errors import InputError
 
-from . import features as feat
-from .io import DataError, load_runs
-from .models import (
-    CrossWorkloadModel,
-    FGCSModel,
-    activity_columns,
-    leave_one_workload_out,
-    physical_fit_table,
-    physical_fits,
-    usable,
-)
-from .selection import OBJECTIVES, choose_all, evaluate_guided
+from .errors import DataError
+from .objectives import OBJECTIVES
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 110}
 # ``fit --model physical`` columns: models.physical_fit_table's, under the names this CSV has always had.
@@ -76,6 +74,9 @@ def parse_clocks(text: str) -> list[float]:
 
 def _load(results, gpu, need_clocks: int = 0):
     """Runs and the feature table of one GPU type (``--gpu``; several types without it is an error)."""
+    from . import features as feat
+    from .io import load_runs
+
     warnings.filterwarnings("ignore")
     notes: list[str] = []
     try:
@@ -130,8 +131,27 @@ class Progress:
 def _cross_model_factory(table: pd.DataFrame):
     """CrossWorkloadModel with activity counters when every workload has them (DCGM, the reference
     data), without them otherwise (NVML-only runs such as the Stable Diffusion sweeps)."""
+    from .models import CrossWorkloadModel, activity_columns
+
     has_activity = bool(activity_columns(table))
     return lambda: CrossWorkloadModel(use_activity=has_activity)
+
+
+def _say_folds(table: pd.DataFrame) -> None:
+    """Where leave-one-workload-out holds out groups instead of single workloads, say so (stderr)."""
+    from .models import MAX_FOLDS
+
+    n = table["workload"].nunique()
+    if n > MAX_FOLDS:
+        click.echo(f"note: {n} workloads: held out in {MAX_FOLDS} groups (every {MAX_FOLDS}th workload together), "
+                   "each predicted by a model that never saw it", err=True)
+
+
+def _write_csv(df: pd.DataFrame, path: Path) -> None:
+    """A table to CSV (``bulkcsv.write_csv``: pandas' bytes, faster), imported when a command writes one."""
+    from .bulkcsv import write_csv
+
+    write_csv(df, path)
 
 
 def _slowdown(v: float) -> float | None:
@@ -174,8 +194,8 @@ def features(results, gpu, out):
             "energy_j_cv", "noisy"]
     click.echo(show(table[cols + ["excluded", "excluded_runs"]].fillna({"excluded_runs": ""})))
     if (o := _out(out)) is not None:
-        table.to_csv(o / "features.csv", index=False)
-        runs.to_csv(o / "runs_tidy.csv", index=False)
+        _write_csv(table, o / "features.csv")
+        _write_csv(runs, o / "runs_tidy.csv")
         click.echo(f"wrote {o / 'features.csv'}")
 
 
@@ -191,6 +211,8 @@ def fit(results, gpu, out, kind, save):
         raise InputError("--save", save, "only a cross-workload model can be saved (add --model cross)")
     if save is not None and not Path(save).parent.is_dir():
         raise InputError("--save", save, "its directory does not exist")
+    from .models import FGCSModel, leave_one_workload_out, physical_fit_table, usable
+
     runs, table = _load(results, gpu, need_clocks=3)
     if kind == "physical":
         fits = physical_fit_table(table)[0]
@@ -200,6 +222,7 @@ def fit(results, gpu, out, kind, save):
             raise InputError("--model", kind, f"needs at least 3 workloads for cross-validation, "
                             f"the data has {table['workload'].nunique()}")
         make = _cross_model_factory(table) if kind == "cross" else FGCSModel
+        _say_folds(table)
         progress = Progress("leave-one-workload-out: fold")
         try:
             result = leave_one_workload_out(table, make, progress=progress)
@@ -220,7 +243,7 @@ def fit(results, gpu, out, kind, save):
                        f"{'with' if model.activity_names_ else 'without'} activity counters)")
     click.echo(show(result))
     if (o := _out(out)) is not None:
-        result.to_csv(o / f"fit_{kind}.csv", index=False)
+        _write_csv(result, o / f"fit_{kind}.csv")
 
 
 @cli.command()
@@ -228,6 +251,10 @@ def fit(results, gpu, out, kind, save):
 @click.option("--clocks", required=True, help="Comma-separated SM clocks (MHz) to predict at.")
 def predict(results, gpu, out, clocks):
     """Predict power, time and energy at given clocks (per-workload physical model, 90 % band)."""
+    import pandas as pd
+
+    from .models import physical_fits
+
     fs = parse_clocks(clocks)
     runs, table = _load(results, gpu, need_clocks=3)
     rows = []
@@ -241,7 +268,7 @@ def predict(results, gpu, out, clocks):
     result = pd.DataFrame(rows)
     click.echo(show(result))
     if (o := _out(out)) is not None:
-        result.to_csv(o / "predictions.csv", index=False)
+        _write_csv(result, o / "predictions.csv")
 
 
 CHOICE_COLUMNS = ["workload", "objective", "clock_mhz", "verdict", "reference_clock_mhz", "energy_saved_pct",
@@ -262,6 +289,8 @@ def _choose_on(f):
 @click.option("--guided", type=int, default=0, help="Also evaluate the guided choice with this many probe clocks.")
 def select(results, gpu, out, objective, max_slowdown, choose_on, guided):
     """The clock that minimises the objective within the slowdown budget, per workload, with 95 % intervals."""
+    from .selection import choose_all, evaluate_guided
+
     runs, table = _load(results, gpu, need_clocks=2)
     choices = choose_all(table, objective, _slowdown(max_slowdown), choose_on)
     click.echo(show(choices[CHOICE_COLUMNS]))
@@ -272,6 +301,7 @@ def select(results, gpu, out, objective, max_slowdown, choose_on, guided):
             raise InputError("--guided", guided, "needs at least 2 probe clocks")
         if table["workload"].nunique() < 3:
             raise InputError("--guided", guided, "needs at least 3 workloads to train the cross-workload model")
+        _say_folds(table)
         progress = Progress("guided search: workload")
         try:
             reg = evaluate_guided(table, _cross_model_factory(table), objective, guided, _slowdown(max_slowdown),
@@ -282,7 +312,7 @@ def select(results, gpu, out, objective, max_slowdown, choose_on, guided):
         click.echo(f"guided ({guided} probes): mean regret {reg['regret_pct'].mean():.2f} %, "
                    f"p90 {reg['regret_pct'].quantile(0.9):.2f} %")
     if (o := _out(out)) is not None:
-        choices.to_csv(o / f"choices_{objective}.csv", index=False)
+        _write_csv(choices, o / f"choices_{objective}.csv")
 
 
 @cli.command()
@@ -310,12 +340,34 @@ def merge(results, gpu, out):
     click.echo(f"{len(runs)} runs from {runs['source'].nunique()} directories, "
                f"{runs['sm_clock_mhz'].nunique()} clocks")
     if (o := _out(out)) is not None:
-        runs.to_csv(o / "runs_merged.csv", index=False)
+        _write_csv(runs, o / "runs_merged.csv")
         (o / "sources.json").write_text(json.dumps(sorted(runs["source"].unique()), indent=2))
         click.echo(f"wrote {o / 'runs_merged.csv'}")
 
 
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def one_thread_pools() -> bool:
+    """Size BLAS/OpenMP pools to one thread in this process unless the user chose (True if it could).
+
+    Nothing here gains from more: the fits and smoothers work on matrices of tens to thousands of
+    rows, where a second thread only waits on the first, and on a small or busy node idle pool
+    threads spin for a core they do not get (``select --guided 4`` on the reference data burnt
+    26.6 CPU-s with the default pools beside a CPU hog, 22.1 with one thread). Pools are sized when
+    numpy, scipy or scikit-learn load, so this works only before they are imported: in a fresh
+    ``python -m power_modeling``, not when a test or notebook calls ``main`` after importing them
+    (there the models cap their own pools, ``CrossWorkloadModel(n_threads=1)``).
+    """
+    if any(m in sys.modules for m in ("numpy", "scipy", "sklearn")):
+        return False
+    for name in THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
+    return True
+
+
 def main(args: list[str] | None = None) -> int:
+    one_thread_pools()
     return run_cli(cli, args, prog_name="python -m power_modeling")
 
 

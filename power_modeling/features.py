@@ -34,6 +34,7 @@ CV_FLAG = 0.10
 COLD_START_FACTOR = 1.3   # a first run this much slower than its warm repeats is a cold start
 REPEAT_SIGMAS = 6.0       # a repeat this many pooled robust sigmas off its clock's median is bad...
 REPEAT_FLOOR = 0.10       # ...and at least this far off (log), so a quiet workload keeps its 3 % wobble
+HOST_BOUND_SHARE = 0.02   # a simulated run more than this share host-bound measures the host, not the clock
 # d log x / d log f: run time T = a + b/f falls at most like 1/f; power P = c + d f + e f^3 rises at most like f^3.
 PHYSICAL_SLOPES = {"power_w_mean": (0.0, 3.0), "time_s_mean": (-1.0, 0.0)}
 
@@ -136,6 +137,8 @@ def flag_runs(runs: pd.DataFrame) -> pd.Series:
 
     * ``warmup``: marked as warm-up by the launcher (or a ``warmup`` column of a reference CSV);
     * ``clock mismatch``: the SM clock during the work was not the target (the lock did not apply);
+    * ``host-bound (simulated GPU)``: the host was too busy for the simulated GPU to keep its modelled
+      pace for more than 2 % of the work window (``twin_host_bound_s``), so the time is the host's;
     * ``phase-clock policy``: the clock followed the app's phases (``--phase-clocks``), so the run is
       no measurement of one clock; ``phase_policy.compare_phase_policies`` judges it;
     * ``cold start``: the first measured run of a job, more than 1.3x slower than the median of the
@@ -148,6 +151,9 @@ def flag_runs(runs: pd.DataFrame) -> pd.Series:
         reason[runs["warmup"].fillna(False).astype(bool)] = "warmup"
     if "clock_mismatch" in runs:
         reason[(reason == "") & runs["clock_mismatch"].fillna(False).astype(bool)] = "clock mismatch"
+    if "host_bound_s" in runs:  # the simulated GPU's pace was not kept: the time is the host's, not the clock's
+        share = runs["host_bound_s"].fillna(0) / runs["time_s"].where(runs["time_s"] > 0)
+        reason[(reason == "") & (share > HOST_BOUND_SHARE).fillna(False)] = "host-bound (simulated GPU)"
     if "phase_policy" in runs:  # measured under a per-phase policy: compared apart (power_modeling.phase_policy)
         reason[(reason == "") & (runs["phase_policy"].fillna("") != "")] = "phase-clock policy"
     live = runs[reason == ""]
@@ -155,25 +161,33 @@ def flag_runs(runs: pd.DataFrame) -> pd.Series:
         return reason
     # Cold start: the first run of each (source, workload) against the other runs at its clock.
     order = live["sequence"] if "sequence" in live else pd.Series(np.arange(len(live)), index=live.index)
-    job = [live["source"], live["workload"]] if "source" in live else [live["workload"]]
+    job = _group_codes(live, ["source", "workload"] if "source" in live else ["workload"], dropna=True)
     first = order.groupby(job).transform("min") == order
-    key = [live[c] for c in KEY]
-    warm_median = live["time_s"].where(~first).groupby(key, dropna=False).transform("median")
+    clock = _group_codes(live, KEY, dropna=False)  # the keys factorised once, not once per statistic
+    warm_median = live["time_s"].where(~first).groupby(clock).transform("median")
     cold = first & (live["time_s"] > COLD_START_FACTOR * warm_median).fillna(False)
     reason[cold[cold].index] = "cold start"
     # Bad repeat among 3+ remaining runs: robust to one bad value per clock.
     rest = live[~cold]
-    key = [rest[c] for c in KEY]
-    n = rest.groupby(key, dropna=False)["time_s"].transform("size")
+    key = clock[rest.index]
+    n = rest["time_s"].groupby(key).transform("size")
+    workload = _group_codes(rest, ["workload"], dropna=True)
     bad = pd.Series(False, index=rest.index)
     for col in ("time_s", "power_w"):
         x = np.log(rest[col].where(rest[col] > 0))
-        dev = x - x.groupby(key, dropna=False).transform("median")
-        sigma = 1.4826 * dev.abs().groupby(key, dropna=False).transform("median")
-        pooled = sigma.where(n >= 3).groupby(rest["workload"]).transform("median")
+        dev = x - x.groupby(key).transform("median")
+        sigma = 1.4826 * dev.abs().groupby(key).transform("median")
+        pooled = sigma.where(n >= 3).groupby(workload).transform("median")
         bad |= (n >= 3) & (dev.abs() > np.maximum(REPEAT_SIGMAS * pooled.fillna(0), REPEAT_FLOOR))
     reason[bad[bad].index] = "bad repeat"
     return reason
+
+
+def _group_codes(frame: pd.DataFrame, cols: list[str], dropna: bool) -> pd.Series:
+    """One integer per group of ``cols`` (NaN for a row with a missing key when ``dropna``, which then
+    belongs to no group, as in ``groupby``): grouping by it is grouping by the columns, factorised once."""
+    code = frame.groupby(cols, sort=False, dropna=dropna, observed=True).ngroup()
+    return code.where(code >= 0) if dropna else code
 
 
 # --------------------------------------------------------------------------- clock screening
@@ -223,43 +237,89 @@ def flag_outliers(table: pd.DataFrame, n_sigma: float = 6.0, floor: float = 0.10
 
 def _outliers_and_scatter(table: pd.DataFrame, n_sigma: float = 6.0,
                           floor: float = 0.10) -> tuple[pd.Series, pd.Series]:
+    """``flag_outliers``' flags and the per-workload time scatter, for every workload at once.
+
+    The workloads' usable clocks are laid out as rows of one padded (workload x clock) array, so
+    each pass of the rule is a few array operations over all of them; a workload stops taking
+    part once its worst clock is within the band (or after ``len // 3`` passes, as before).
+    """
     flags = pd.Series(False, index=table.index)
-    scatter_of: dict[tuple, float] = {}
     ok = table[~table["is_default_clock"].astype(bool) & (table["n_runs"] > 0)]
     if "excluded" in table:
         ok = ok[table.loc[ok.index, "excluded"].fillna("") == ""]
-    for (wl, gpu), g in ok.groupby(["workload", "gpu"]):
-        if len(g) < 5:
-            continue
-        g = g.sort_values("sm_clock_mhz")
-        lf = np.log(g["sm_clock_mhz"].to_numpy(float))
-        ys = {c: np.log(g[c].where(g[c] > 0).to_numpy(float)) for c in PHYSICAL_SLOPES}
-        bad = np.zeros(len(g), bool)
-        scatter = {}
-        for _ in range(len(g) // 3):  # one clock per pass, the worst first: a glitch never drags its neighbour out
-            excess = np.zeros(len(g))
-            for col, y in ys.items():
-                resid, noise, interior = _loo_residuals(lf, y, ~bad, PHYSICAL_SLOPES[col])
-                inner = noise[~bad & interior]
-                scatter[col] = 1.4826 * np.nanmedian(np.abs(inner - np.nanmedian(inner))) if len(inner) >= 3 else 0.0
-                excess = np.maximum(excess, np.nan_to_num(np.abs(resid)) / max(n_sigma * scatter[col], floor))
-            excess[bad] = 0
-            worst = int(np.argmax(excess))
-            if excess[worst] <= 1:
-                break
-            bad[worst] = True
-        flags.loc[g.index] = bad
-        scatter_of[(wl, gpu)] = scatter["time_s_mean"]
+    ok = ok.sort_values(["workload", "gpu", "sm_clock_mhz"], kind="stable")
+    code = ok.groupby(["workload", "gpu"], sort=False).ngroup().to_numpy()  # -1: no GPU type, never judged
+    sizes = np.bincount(code[code >= 0]) if (code >= 0).any() else np.zeros(0, int)
+    keep = (code >= 0) & (sizes[np.maximum(code, 0)] >= 5 if len(sizes) else False)  # fewer: no trend to judge
+    scatter_of = pd.Series(dtype=float)
+    if keep.any():
+        rows_w, r = np.unique(code[keep], return_inverse=True)
+        c = ok.groupby(["workload", "gpu"], sort=False).cumcount().to_numpy()[keep]
+        n = sizes[rows_w]
+        shape = (len(rows_w), int(n.max()))
+        valid = np.zeros(shape, bool)
+        valid[r, c] = True
+        lf = np.full(shape, np.nan)
+        lf[r, c] = np.log(ok["sm_clock_mhz"].to_numpy(float)[keep])
+        ys = {}
+        for col in PHYSICAL_SLOPES:
+            v = ok[col].to_numpy(float)[keep]
+            y = np.full(shape, np.nan)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                y[r, c] = np.log(np.where(v > 0, v, np.nan))
+            ys[col] = y
+        bad, scatter = _flag_passes(lf, ys, valid, n, n_sigma, floor)
+        flags.loc[ok.index[keep]] = bad[r, c]
+        first = np.flatnonzero(np.r_[True, r[1:] != r[:-1]])
+        named = ok.iloc[np.flatnonzero(keep)[first]]
+        scatter_of = pd.Series(scatter, index=pd.MultiIndex.from_frame(named[["workload", "gpu"]]))
     keys = pd.MultiIndex.from_frame(table[["workload", "gpu"]])
-    time_scatter = pd.Series(pd.Series(scatter_of, dtype=float).reindex(keys).to_numpy(), index=table.index)
+    time_scatter = pd.Series(scatter_of.reindex(keys).to_numpy() if len(scatter_of) else np.nan, index=table.index,
+                             dtype=float)
     return flags, time_scatter
+
+
+def _flag_passes(lf: np.ndarray, ys: dict[str, np.ndarray], valid: np.ndarray, n: np.ndarray, n_sigma: float,
+                 floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """One clock per pass per workload row, the worst first; returns (flags, the last pass's time scatter)."""
+    bad = np.zeros(valid.shape, bool)
+    scatter_time = np.full(len(n), np.nan)
+    live = np.arange(len(n))
+    for p in range(int((n // 3).max())):
+        live = live[p < n[live] // 3]  # a workload of n clocks has n // 3 passes
+        if not len(live):
+            break
+        usable = valid[live] & ~bad[live]
+        excess = np.zeros(usable.shape)
+        for col, y in ys.items():
+            resid, noise, interior = _loo_residuals(lf[live], y[live], usable, PHYSICAL_SLOPES[col])
+            inner = usable & interior  # as in one workload's arrays: its usable interior clocks, NaN or not
+            count = inner.sum(axis=1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a workload whose interior is all NaN
+                vals = np.where(inner, noise, np.nan)
+                med = np.nanmedian(vals, axis=1, keepdims=True)
+                scatter = np.where(count >= 3, 1.4826 * np.nanmedian(np.abs(vals - med), axis=1), 0.0)
+            # max(n_sigma * scatter, floor) as Python's max does it: a NaN scatter stays NaN
+            denom = np.where(np.isnan(scatter), np.nan, np.maximum(n_sigma * scatter, floor))
+            excess = np.maximum(excess, np.nan_to_num(np.abs(resid)) / denom[:, None])
+            if col == "time_s_mean":
+                scatter_time[live] = scatter
+        excess[~usable] = 0  # bad clocks, and the padding beyond a workload's own clocks
+        worst = np.argmax(excess, axis=1)
+        value = excess[np.arange(len(live)), worst]
+        hit = ~(value <= 1)
+        bad[live[hit], worst[hit]] = True
+        live = live[hit]
+    return bad, scatter_time
 
 
 def _loo_residuals(x: np.ndarray, y: np.ndarray, usable: np.ndarray,
                    slopes: tuple[float, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each sorted clock's log deviation from what its usable neighbours allow.
+    """Each sorted clock's log deviation from what its usable neighbours allow, row by row.
 
-    Returns (residual, noise residual, interior). Inside the range, three local predictions are
+    ``x``, ``y`` and ``usable`` are (workloads x clocks), each row one workload's clocks in rising
+    order (padding is never usable). Returns (residual, noise residual, interior). Inside the range, three local predictions are
     made from the nearest usable clocks: the interpolation between the nearest on each side, and
     the lines through the two nearest on the left and on the right, extrapolated; the residual is
     the smallest of the three deviations, so one bad neighbour (a glitch next door, the cold max
@@ -271,40 +331,47 @@ def _loo_residuals(x: np.ndarray, y: np.ndarray, usable: np.ndarray,
     while a cold max-clock run (slower than the next clock) or a low clock reading like the max
     (faster, hotter) still is.
     """
-    idx = np.flatnonzero(usable)
-    n, m = len(x), len(idx)
-    at = np.arange(n)
-    pos = np.searchsorted(idx, at)                                  # first usable index >= i
-    right = pos + (idx[np.minimum(pos, m - 1)] == at)               # first usable index > i
+    rows, width = usable.shape
+    at = np.broadcast_to(np.arange(width), usable.shape)
+    last_le = np.maximum.accumulate(np.where(usable, at, -1), axis=1)             # last usable index <= i
+    first_ge = np.minimum.accumulate(np.where(usable, at, width)[:, ::-1], axis=1)[:, ::-1]  # first >= i
+    before = np.c_[np.full(rows, -1), last_le[:, :-1]]                            # last usable < i
+    after = np.c_[first_ge[:, 1:], np.full(rows, width)]                          # first usable > i
+    after = np.where(after >= width, -1, after)
 
-    def pick(j):
-        ok = (j >= 0) & (j < m)
-        return np.where(ok, idx[np.clip(j, 0, m - 1)], -1)
+    def hop(j: np.ndarray, table: np.ndarray) -> np.ndarray:
+        """``table`` at index ``j`` per row, -1 where ``j`` is -1 (no such neighbour)."""
+        return np.where(j >= 0, np.take_along_axis(table, np.maximum(j, 0), axis=1), -1)
 
-    l2, l1, r1, r2 = pick(pos - 2), pick(pos - 1), pick(right), pick(right + 1)
+    l1, r1 = before, after
+    l2, r2 = hop(l1, before), hop(r1, after)
+
+    def take(v: np.ndarray, j: np.ndarray) -> np.ndarray:
+        return np.take_along_axis(v, np.maximum(j, 0), axis=1)
 
     def line(a, b):
         ok = (a >= 0) & (b >= 0)
-        a, b = np.maximum(a, 0), np.maximum(b, 0)
+        xa, ya = take(x, a), take(y, a)
         with np.errstate(divide="ignore", invalid="ignore"):
-            k = (y[b] - y[a]) / (x[b] - x[a])
-        return np.where(ok, y[a] + k * (x - x[a]), np.nan)
+            k = (take(y, b) - ya) / (take(x, b) - xa)
+            return np.where(ok, ya + k * (x - xa), np.nan)
 
     interior = (l1 >= 0) & (r1 >= 0)
     interp = line(l1, r1)
-    preds = np.stack([interp, line(l2, l1), line(r1, r2)], axis=1)
-    dev = y[:, None] - preds
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows: a clock with no usable neighbour
-        best = np.nanargmin(np.where(np.isnan(dev), np.inf, np.abs(dev)), axis=1)
-    resid = np.where(interior, dev[at, best], np.nan)
+    preds = np.stack([interp, line(l2, l1), line(r1, r2)], axis=2)
+    dev = y[:, :, None] - preds
+    best = np.argmin(np.where(np.isnan(dev), np.inf, np.abs(dev)), axis=2)
+    resid = np.where(interior, np.take_along_axis(dev, best[:, :, None], axis=2)[:, :, 0], np.nan)
     noise = np.where(interior, y - interp, np.nan)
-    nearest = np.where(l1 >= 0, l1, r1)                              # the one neighbour an end clock has
+    nearest = np.where(l1 >= 0, l1, r1)                                             # the one neighbour an end has
     ends = ~interior & (nearest >= 0)
-    d = x[ends] - x[nearest[ends]]
-    lo = y[nearest[ends]] + np.minimum(slopes[0] * d, slopes[1] * d)
-    hi = y[nearest[ends]] + np.maximum(slopes[0] * d, slopes[1] * d)
-    resid[ends] = np.where(y[ends] > hi, y[ends] - hi, np.where(y[ends] < lo, y[ends] - lo, 0.0))
+    with np.errstate(invalid="ignore"):
+        d = x - take(x, nearest)
+        y0 = take(y, nearest)
+        lo = y0 + np.minimum(slopes[0] * d, slopes[1] * d)
+        hi = y0 + np.maximum(slopes[0] * d, slopes[1] * d)
+        end_resid = np.where(y > hi, y - hi, np.where(y < lo, y - lo, 0.0))
+    resid = np.where(ends, end_resid, resid)
     return resid, noise, interior
 
 

@@ -37,8 +37,10 @@ def compare_phase_policies(runs: pd.DataFrame, table: pd.DataFrame, objective: s
     reason = flag_runs(runs)
     policy_runs = runs[(runs["phase_policy"].fillna("") != "") & reason.isin(["", "phase-clock policy"])]
     rows = []
+    wanted = set(zip(policy_runs["workload"], policy_runs["gpu"], strict=True))
+    sweeps = {key: g for key, g in table.groupby(["workload", "gpu"], sort=False) if key in wanted}  # one split
     for (workload, gpu, policy), g in policy_runs.groupby(["workload", "gpu", "phase_policy"], sort=True):
-        mine = table[(table["workload"] == workload) & (table["gpu"] == gpu)]
+        mine = sweeps.get((workload, gpu), table.iloc[:0])
         row = {"workload": workload, "gpu": gpu, "policy": policy, "base_clock_mhz": float(g["sm_clock_mhz"].median()),
                "n_runs": len(g), "time_s": float(g["time_s"].mean()), "energy_j": float(g["energy_j"].mean())}
         row["objective"] = float(objective_value(g["energy_j"], g["time_s"], objective).mean())

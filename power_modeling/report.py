@@ -24,10 +24,11 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from scipy import stats
+from scipy import special
 
 from sd_energy_contract.phases import CONTAINER_PHASES, LEAF_PHASES
 
+from .bulkcsv import write_csv
 from .features import GROUP, flag_runs, usable_mask
 from .models import fit_physical, physical_fit_table
 from .phase_policy import compare_phase_policies
@@ -50,8 +51,11 @@ FIT_COLUMNS = {"energy_mape_pct": "energy error (MAPE, %)", "time_mape_pct": "ti
                "power_c_w": "c (W)", "power_d_w_per_ghz": "d (W/GHz)", "power_e_w_per_ghz3": "e (W/GHz³)"}
 MAX_TABLE_ROWS = 60    # the per-clock table in the page; features.csv always has every row
 MAX_PANELS = 36        # small multiples drawn; beyond, the page says which were chosen and the CSVs hold all
+MAX_PHASE_PANELS = 12  # stacked-bar panels of phase energy (a bar per clock and phase: thousands of patches)
 MAX_CHOICE_ROWS = 200  # choices shown in the page
 MAX_TIDY_RUNS = 100_000  # runs_tidy.csv beside the report up to this size (1 M rows take ~40 s to write)
+MAX_LEGEND_WORKLOADS = 8  # one-axes plots name at most this many workloads in the legend; the rest are "+N more"
+MAX_LIST_ITEMS = 50      # data problems listed in the page; choices.csv has every one
 
 
 # --------------------------------------------------------------------------- inputs
@@ -87,7 +91,7 @@ def ci95(std, n) -> np.ndarray:
     """Half-width of the t-based 95 % interval of a mean; NaN with one run, which says nothing about noise."""
     std, n = np.asarray(std, float), np.asarray(n, float)
     with np.errstate(invalid="ignore", divide="ignore"):
-        t = stats.t.ppf(0.975, np.where(n > 1, n - 1, np.nan))
+        t = special.stdtrit(np.where(n > 1, n - 1, np.nan), 0.975)  # scipy.stats.t.ppf, without importing stats
         return np.where(n > 1, t * std / np.sqrt(n), np.nan)
 
 
@@ -140,6 +144,30 @@ def _by_workload(table: pd.DataFrame) -> dict[str, pd.DataFrame]:
 
 def _workloads(table: pd.DataFrame) -> list[str]:
     return sorted(_locked(table)["workload"].unique())
+
+
+def _panels(choices: pd.DataFrame | None, workloads: list[str], most: int = MAX_PANELS) -> tuple[list[str], str]:
+    """At most ``most`` of ``workloads`` to draw (``panel_workloads``'s pick) and the words that say so.
+
+    Small multiples stay readable up to a few dozen panels; a campaign's thousands of workloads
+    would make a figure of thousands of axes that takes minutes to draw and cannot be read.
+    """
+    if len(workloads) <= most:
+        return workloads, ""
+    if choices is not None and len(choices) and "data_problems" in choices:
+        picked = panel_workloads(choices[choices["workload"].isin(workloads)], most)
+    else:
+        picked = workloads[:most]
+    return picked, (f" ({len(picked)} of {len(workloads)} workloads drawn: data problems first, then the largest "
+                    "savings)")
+
+
+def _legend_label(i: int, n: int, name: str) -> str:
+    """The legend label of the ``i``-th of ``n`` workloads on one axes: the first ``MAX_LEGEND_WORKLOADS`` by
+    name, one "+N more" entry for the rest (their curves are drawn, unnamed), so a legend stays a legend."""
+    if i < MAX_LEGEND_WORKLOADS:
+        return name
+    return f"+{n - MAX_LEGEND_WORKLOADS} more workloads (in the table)" if i == MAX_LEGEND_WORKLOADS else "_nolegend_"
 
 
 def _choices_for(table: pd.DataFrame, choices: pd.DataFrame | None, objective: str, max_slowdown: float | None,
@@ -263,7 +291,8 @@ def plot_vs_clock(table: pd.DataFrame, choices: pd.DataFrame | None = None, obje
             y = use[f"{m}_mean"].to_numpy(float)
             err = ci95(use[f"{m}_std"], use["n_runs"])
             ax.errorbar(x, y, yerr=None if np.isnan(err).all() else err, fmt="o-", ms=4, lw=1.2, capsize=3,
-                        color=colour, label=_short(wl) if not single else "measured (mean)")
+                        color=colour, label=_legend_label(i, len(workloads), _short(wl)) if not single
+                        else "measured (mean)")
             if smooth is not None:
                 ax.plot(x, smooth[m], "--", lw=0.9, color=colour, alpha=0.7, label="smoothed fit")
             if len(out):
@@ -322,8 +351,8 @@ def plot_small_multiples(table: pd.DataFrame, choices: pd.DataFrame | None = Non
     objective curve dips below 1 a lower clock pays, and the chosen clock sits at its minimum.
     """
     choices = _choices_for(table, choices, objective, max_slowdown)
-    workloads = _workloads(table)
-    groups = _by_workload(table)
+    workloads, drawn = _panels(choices, _workloads(table))
+    groups = _by_workload(table[table["workload"].isin(workloads)])
     fig, axes = _grid(len(workloads), ncols=ncols)
     by_wl = choices.set_index("workload")
     metric = OBJECTIVE_METRIC[objective]
@@ -379,8 +408,8 @@ def plot_small_multiples(table: pd.DataFrame, choices: pd.DataFrame | None = Non
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
     cap = "" if max_slowdown is None else f", <= {100 * max_slowdown:.0f} % slowdown"
-    _finish_grid(fig, axes, f"{len(workloads)} workloads, each relative to its max usable clock (= 1); chosen for "
-                 f"minimum {OBJECTIVE_NAME[objective]}{cap}\n{_error_caption(_locked(table)['n_runs'])}",
+    _finish_grid(fig, axes, f"{len(workloads)} workloads{drawn}, each relative to its max usable clock (= 1); chosen "
+                 f"for minimum {OBJECTIVE_NAME[objective]}{cap}\n{_error_caption(_locked(table)['n_runs'])}",
                  "SM clock (MHz)", "relative to the max clock", legend_cols=4)
     return fig
 
@@ -390,8 +419,11 @@ def plot_pareto(table: pd.DataFrame, choices: pd.DataFrame | None = None, object
     """Energy vs time per clock with each workload's Pareto front: what every clock trades."""
     choices = _choices_for(table, choices, objective, max_slowdown)
     workloads = _workloads(table)
-    groups = _by_workload(table)
     many = relative or (relative is None and len(workloads) >= SMALL_MULTIPLES_FROM)
+    drawn = ""
+    if many:
+        workloads, drawn = _panels(choices, workloads)
+    groups = _by_workload(table[table["workload"].isin(workloads)])
     locked = _locked(table)
     norm = (float(locked["sm_clock_mhz"].min()), float(locked["sm_clock_mhz"].max()))
     by_wl = choices.set_index("workload")
@@ -415,7 +447,7 @@ def plot_pareto(table: pd.DataFrame, choices: pd.DataFrame | None = None, object
         sc = ax.scatter(g["time_s_mean"] / sx, g["energy_j_mean"] / sy, c=g["sm_clock_mhz"], cmap="viridis",
                         vmin=norm[0], vmax=norm[1], s=14 if many else 22, zorder=2)
         ax.plot(front["time_s_mean"] / sx, front["energy_j_mean"] / sy, "-", lw=1, color=colour,
-                label="Pareto front" if many else f"{_short(wl)}: Pareto front")
+                label="Pareto front" if many else _legend_label(i, len(workloads), f"{_short(wl)}: Pareto front"))
         if len(out):
             ax.scatter(out["time_s_mean"] / sx, out["energy_j_mean"] / sy, s=20, facecolors="none",
                        edgecolors="0.45", label="left out by screening (not used)")
@@ -444,7 +476,8 @@ def plot_pareto(table: pd.DataFrame, choices: pd.DataFrame | None = None, object
         else:
             fig.colorbar(sc, ax=axes[0], label="SM clock (MHz)")
     if many:
-        _finish_grid(fig, axes, "Energy vs time per clock, relative to each workload's max clock: the Pareto front",
+        _finish_grid(fig, axes, f"Energy vs time per clock, relative to each workload's max clock: the Pareto "
+                     f"front{drawn}",
                      "work time / max clock's", "energy / max clock's", legend_cols=5, sharex=False)
     else:
         axes[0].set_xlabel("Work time (s)")
@@ -459,7 +492,9 @@ def phase_energy(runs: pd.DataFrame) -> pd.DataFrame:
 
     ``batch`` and ``process`` contain the other phases, so only the leaves are returned: stacked,
     they add up without counting a joule twice. Empty when the data has no phase energies
-    (reference CSVs have none).
+    (reference CSVs have none). Reads both ``phase_energy_json`` formats (``_leaf_energies``).
+    ``load_runs`` checks only the texts' shape, so a text that still fails to parse is left out
+    here and counted in the result's ``attrs["unreadable_runs"]``.
     """
     col = runs.get("phase_energy_json")
     if col is None:
@@ -470,14 +505,35 @@ def phase_energy(runs: pd.DataFrame) -> pd.DataFrame:
     kept = runs[has & (flag_runs(runs) == "")]
     if kept.empty:
         return pd.DataFrame()
-    parsed = pd.DataFrame.from_records([json.loads(s) for s in kept["phase_energy_json"]], index=kept.index)
+    entries = [_leaf_energies(s) for s in kept["phase_energy_json"]]
+    readable = np.array([e is not None for e in entries], bool)
+    if not readable.any():
+        return pd.DataFrame()
+    kept = kept[readable]
+    parsed = pd.DataFrame.from_records([e for e in entries if e is not None], index=kept.index)
     leaves = [p for p in LEAF_PHASES if p in parsed] + sorted(
         c for c in parsed if c not in LEAF_PHASES and c not in CONTAINER_PHASES)
     if not leaves:
         return pd.DataFrame()
     parsed = parsed[leaves].apply(pd.to_numeric, errors="coerce").fillna(0.0)
     keys = kept[[*GROUP, "is_default_clock"]].astype({"is_default_clock": bool})
-    return parsed.join(keys).groupby([*GROUP, "is_default_clock"], dropna=False)[leaves].mean().reset_index()
+    out = parsed.join(keys).groupby([*GROUP, "is_default_clock"], dropna=False)[leaves].mean().reset_index()
+    out.attrs["unreadable_runs"] = int((~readable).sum())
+    return out
+
+
+def _leaf_energies(text: str) -> dict | None:
+    """One row's leaf-phase energies (J), None when the text is no JSON object. Today's rows give each
+    phase an object (``energy_j``, ``source``, ...) and mark containers with ``contains``; older rows
+    are a flat {phase: J} map whose containers are known by name."""
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(obj, dict):
+        return None
+    return {k: (v.get("energy_j") if isinstance(v, dict) else v) for k, v in obj.items()
+            if not (isinstance(v, dict) and "contains" in v) and k not in CONTAINER_PHASES}
 
 
 def plot_phases(runs: pd.DataFrame, table: pd.DataFrame | None = None, choices: pd.DataFrame | None = None,
@@ -491,7 +547,10 @@ def plot_phases(runs: pd.DataFrame, table: pd.DataFrame | None = None, choices: 
     if choices is None and table is not None:
         choices = _choices_for(table, None, objective, max_slowdown)
     by_wl = choices.set_index("workload") if choices is not None and len(choices) else None
-    workloads = sorted(phases["workload"].unique())
+    workloads, drawn = _panels(choices, sorted(phases["workload"].unique()), MAX_PHASE_PANELS)
+    phases = phases[phases["workload"].isin(workloads)]
+    if table is not None:
+        table = table[table["workload"].isin(workloads)]
     fig, axes = _grid(len(workloads), panel=(9.0, 3.6) if len(workloads) == 1 else (3.2, 2.4), sharex=False,
                       bottom=1.0)
     for ax, wl in zip(axes, workloads, strict=True):
@@ -528,7 +587,7 @@ def plot_phases(runs: pd.DataFrame, table: pd.DataFrame | None = None, choices: 
         ax.set_xticks(pos, labels, rotation=90 if len(pos) > 8 else 0, fontsize=7 if len(pos) > 8 else 9)
         ax.set_title(_short(wl, 50 if len(workloads) < 3 else 28), fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    _finish_grid(fig, axes, "Energy per phase at each clock (mean over the runs kept)\nleaf phases only: 'batch' and "
+    _finish_grid(fig, axes, f"Energy per phase at each clock (mean over the runs kept){drawn}\nleaf phases only: 'batch' and "
                  "'process' contain the others and are not stacked", "SM clock (MHz)", "energy per run (J)", legend_cols=6,
                  sharex=False)
     return fig
@@ -908,11 +967,11 @@ def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: 
     all_choices = choose_all(table, list(OBJECTIVE_NAME), max_slowdown, choose_on)
     main = all_choices[all_choices["objective"] == objective].reset_index(drop=True)
     files = {"features": out / "features.csv", "choices": out / "choices.csv"}
-    table.to_csv(files["features"], index=False)
-    all_choices.to_csv(files["choices"], index=False)
+    write_csv(table, files["features"])
+    write_csv(all_choices, files["choices"])
     if len(runs) <= MAX_TIDY_RUNS:  # a campaign's tidy table is `python -m power_modeling merge`'s job
         files["runs"] = out / "runs_tidy.csv"
-        runs.to_csv(files["runs"], index=False)
+        write_csv(runs, files["runs"])
 
     kw = {"objective": objective, "max_slowdown": max_slowdown}
     figures: dict[str, tuple[Figure, str, str]] = {}
@@ -929,11 +988,14 @@ def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: 
                            some.lstrip() + (" " if some else "") + "Stars: the chosen clock; squares: the max usable clock (the reference); dash-dot line: "
                            "the default (unlocked) clock where measured; hollow grey markers: rows left out by "
                            "screening, never joined to the curve.")
-    phases = phase_energy(runs)
+    phases = phase_energy(runs if len(shown) == len(full_main) else runs[runs["workload"].isin(shown)])
     if not phases.empty:
+        unreadable = phases.attrs.get("unreadable_runs", 0)
         figures["phases"] = (plot_phases(runs, table, main, phases=phases, **kw), "Energy per phase",
                              "Leaf phases only (load, warmup, text_encode, denoise_step, vae_decode, save): "
-                             "'batch' and 'process' contain the others. Mean over the runs kept at each clock.")
+                             "'batch' and 'process' contain the others. Mean over the runs kept at each clock."
+                             + (f" {unreadable} run(s) whose phase_energy_json could not be read are left out."
+                                if unreadable else ""))
     figures["pareto"] = (plot_pareto(table, main, **kw), "Energy vs time", "Each point a clock; the line joins the "
                          "clocks no other clock beats on both time and energy.")
     fit_table, pred = physical_fits(table)
@@ -950,7 +1012,7 @@ def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: 
     for key, (fig, _, _) in figures.items():
         pngs[key] = out / f"{key}.png"
         fig.savefig(pngs[key], dpi=dpi if few else max(60, dpi - 20))
-    fit_table.to_csv(out / "model_fit.csv", index=False)
+    write_csv(fit_table, out / "model_fit.csv")
 
     synthetic = bool(runs["synthetic"].any()) if "synthetic" in runs else False
     lead = headline(main, objective, max_slowdown, table)
@@ -964,7 +1026,7 @@ def build_report(runs: pd.DataFrame, table: pd.DataFrame, out: Path, objective: 
     policies = compare_phase_policies(runs, table, objective, max_slowdown)
     if len(policies):
         files["phase_policies"] = out / "phase_policies.csv"
-        policies.to_csv(files["phase_policies"], index=False)
+        write_csv(policies, files["phase_policies"])
         summary["phase_policies"] = policies.to_dict("records")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     doc = _document(summary, main, all_choices, table, fit_table, figures, few)
@@ -986,8 +1048,11 @@ def _document(summary: dict, main: pd.DataFrame, all_choices: pd.DataFrame, tabl
         doc.append(("banner", SYNTHETIC_NOTE))
     problems = main[main["data_problems"].fillna("") != ""]
     if len(problems):
-        doc.append(("problems", "Data problems",
-                    [f"{r.workload}: {r.data_problems}" for r in problems.itertuples()]))
+        items = [f"{r.workload}: {r.data_problems}" for r in problems.head(MAX_LIST_ITEMS).itertuples()]
+        if len(problems) > MAX_LIST_ITEMS:
+            items.append(f"... and {len(problems) - MAX_LIST_ITEMS} more workloads with data problems "
+                         "(choices.csv, column data_problems).")
+        doc.append(("problems", "Data problems", items))
     doc.append(("note", left_out_summary(table)))
     doc.append(("p", f"GPU(s): {', '.join(summary['gpus'])}; {summary['workloads']} workload(s), {summary['runs']} "
                      f"runs, {summary['clocks']} clocks. Objective: minimum {name}, {cap}; "
@@ -996,13 +1061,17 @@ def _document(summary: dict, main: pd.DataFrame, all_choices: pd.DataFrame, tabl
     doc.append(("p", "Percentages with their 95 % interval in brackets (t-based, over the runs at each clock; "
                      "[unknown] with one run per clock). Positive = less energy / slower than the reference named "
                      "in the column."))
-    doc.append(("table", choices_table(main.head(MAX_CHOICE_ROWS), table)))
+    listed = main
+    if len(main) > MAX_CHOICE_ROWS:  # the ones a reader must see; the CSV has the rest
+        listed = main[main["workload"].isin(panel_workloads(main, MAX_CHOICE_ROWS))]
+    doc.append(("table", choices_table(listed, table)))
     if len(main) > MAX_CHOICE_ROWS:
-        doc.append(("p", f"... and {len(main) - MAX_CHOICE_ROWS} more workloads in choices.csv."))
+        doc.append(("p", f"{MAX_CHOICE_ROWS} of {len(main)} workloads listed (data problems first, then the largest "
+                         f"savings); choices.csv has them all."))
     if 1 < len(main) < SMALL_MULTIPLES_FROM:
         doc.append(("list", list(main["summary"])))
     doc.append(("h2", "The choice for each objective"))
-    doc.append(("table", objectives_table(all_choices)))
+    doc.append(("table", objectives_table(all_choices[all_choices["workload"].isin(listed["workload"])])))
     for source, g in summary.get("guided", {}).items():
         doc += _guided_blocks(source, g)
     if summary.get("phase_policies"):
@@ -1011,7 +1080,7 @@ def _document(summary: dict, main: pd.DataFrame, all_choices: pd.DataFrame, tabl
         doc.append(("h2", title))
         doc.append(("img", key, caption))
         if key == "model_fit" and not fit_table.empty:
-            ft = fit_table.rename(columns=FIT_COLUMNS)
+            ft = fit_table.head(MAX_CHOICE_ROWS).rename(columns=FIT_COLUMNS)
             for c in ft.columns[1:]:
                 ft[c] = ft[c].map(_num)
             doc.append(("table", ft))
@@ -1030,17 +1099,22 @@ def _document(summary: dict, main: pd.DataFrame, all_choices: pd.DataFrame, tabl
     if util is not None:
         doc.append(("h2", "Energy per image and model FLOP utilisation"))
         doc.append(("p", "MFU = achieved FLOP/s over the GPU type's dense peak for the run's dtype (configs/gpus.yaml)."))
-        doc.append(("table", util))
+        doc.append(("table", util[0]))
+        if util[1]:
+            doc.append(("p", f"... and {util[1]} more rows in features.csv (columns energy_per_image_j_mean, "
+                             "achieved_tflops, mfu)."))
     noisy = table[table["noisy"]]
     doc.append(("h2", "Noisy groups (run-to-run CV above 10 %)"))
     if len(noisy):
         cols = {"workload": "workload", "sm_clock_mhz": "clock (MHz)", "time_s_cv": "time CV",
                 "energy_j_cv": "energy CV", "n_runs": "runs"}
-        nt = noisy[list(cols)].rename(columns=cols)
+        nt = noisy.head(MAX_TABLE_ROWS)[list(cols)].rename(columns=cols)
         for c in ("time CV", "energy CV"):
             nt[c] = nt[c].map(lambda v: _num(100 * v, ".1f") + " %" if np.isfinite(v) else "")
         nt["clock (MHz)"] = nt["clock (MHz)"].map(lambda v: f"{v:.0f}")
         doc.append(("table", nt))
+        if len(noisy) > MAX_TABLE_ROWS:
+            doc.append(("p", f"... and {len(noisy) - MAX_TABLE_ROWS} more noisy groups in features.csv (column noisy)."))
     else:
         doc.append(("p", "none"))
     return doc
@@ -1121,18 +1195,37 @@ def _guided_blocks(source: str, g: dict) -> list[tuple]:
     return blocks
 
 
-def _utilisation(table: pd.DataFrame) -> pd.DataFrame | None:
+def _utilisation(table: pd.DataFrame) -> tuple[pd.DataFrame, int] | None:
+    """The page's rows of energy per image and MFU (the first ``MAX_TABLE_ROWS``) and how many more features.csv has."""
     if "mfu" not in table or table["mfu"].isna().all():
         return None
-    t = table[table["mfu"].notna()]
-    return pd.DataFrame({"workload": t["workload"], "clock (MHz)": t["sm_clock_mhz"].map(lambda v: f"{v:.0f}"),
+    rows = table[table["mfu"].notna()]
+    t = rows.head(MAX_TABLE_ROWS)
+    out = pd.DataFrame({"workload": t["workload"], "clock (MHz)": t["sm_clock_mhz"].map(lambda v: f"{v:.0f}"),
                          "energy per image (J)": t["energy_per_image_j_mean"].map(_num),
                          "achieved TFLOP/s": t["achieved_tflops"].map(_num),
                          "MFU, %": (100 * t["mfu"]).map(lambda v: _num(v, ".1f"))})
+    return out, len(rows) - len(t)
 
 
 def _md_cell(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def _pipe_table(df: pd.DataFrame) -> str:
+    """``df`` as a Markdown pipe table, columns padded to their widest cell (what tabulate wrote, in
+    milliseconds where tabulate's type sniffing took seconds for a campaign's few hundred rows)."""
+    cells = df.astype(str).map(_md_cell)
+    names = [_md_cell(c) for c in df.columns]
+    widths = [max(len(n), 3, int(cells[c].str.len().max()) if len(cells) else 0)
+              for n, c in zip(names, cells.columns, strict=True)]
+
+    def line(values) -> str:
+        return "| " + " | ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)) + " |"
+
+    rows = [line(names), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    rows += [line(r) for r in cells.itertuples(index=False)]
+    return "\n".join(rows)
 
 
 def _markdown(doc: list[tuple], pngs: dict[str, Path]) -> str:
@@ -1158,8 +1251,7 @@ def _markdown(doc: list[tuple], pngs: dict[str, Path]) -> str:
             if df.empty:
                 lines += ["(none)", ""]
                 continue
-            df = df.astype(str).map(_md_cell)
-            lines += [df.to_markdown(index=False, tablefmt="pipe"), ""]
+            lines += [_pipe_table(df), ""]
         elif kind == "img":
             lines += [f"![{block[1]}]({pngs[block[1]].name})", ""]
             if block[2]:

@@ -16,31 +16,22 @@ of the cross-workload prediction corrected by the probes so far. The launcher's 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special
 from threadpoolctl import threadpool_limits
 
+from .errors import DataError
 from .features import flag_runs
-from .io import DataError
+from .objectives import OBJECTIVES, objective_value
 
-OBJECTIVES = ("energy", "edp", "ed2p")
 SCORE_COLUMN = {"energy": "energy_j_mean", "edp": "edp_mean", "ed2p": "ed2p_mean"}
 CONFIDENCE = 0.95
 FASTER_FLOOR = 0.01    # a lower clock this much faster than the reference (and beyond its interval) is a data problem
 SINGLE_RUN_SIGMAS = 3  # ...or, with one run per clock, this many sigmas of the neighbouring-clock scatter
-
-
-def objective_value(energy_j, time_s, objective: str):
-    if objective == "energy":
-        return energy_j
-    if objective == "edp":
-        return energy_j * time_s
-    if objective == "ed2p":
-        return energy_j * time_s**2
-    raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
 
 
 def pooled_rel_var(cv, n) -> tuple[float, int]:
@@ -56,22 +47,47 @@ def pooled_rel_var(cv, n) -> tuple[float, int]:
     return (float(((n[ok] - 1) * cv[ok] ** 2).sum() / df) if df else float("nan")), df
 
 
+@lru_cache(maxsize=1024)
+def t_quantile(q: float, df: float) -> float:
+    """Student's t quantile (``scipy.stats.t.ppf``, which is this ufunc): a campaign asks for the same few
+    degrees of freedom thousands of times, and ``scipy.stats`` costs 0.8 s to import on its own."""
+    return float(special.stdtrit(df, q))
+
+
 def ratio_interval(mean_a, n_a, mean_b, n_b, rel_var: float, df: int, level: float = CONFIDENCE):
     """``mean_a / mean_b`` with a t-interval on its log (delta method, pooled relative variance).
 
     Returns (ratio, lo, hi), floats or arrays like the inputs. The interval is NaN where either side
     has fewer than two runs: a clock measured once says nothing about its own noise.
     """
+    if all(isinstance(v, _SCALARS) for v in (mean_a, n_a, mean_b, n_b)):
+        return _scalar_ratio_interval(mean_a, n_a, mean_b, n_b, rel_var, df, level)
     mean_a, n_a, mean_b, n_b = (np.asarray(v, float) for v in (mean_a, n_a, mean_b, n_b))
     ratio = mean_a / mean_b
     known = (np.minimum(n_a, n_b) >= 2) & (df >= 1) & np.isfinite(rel_var)
     with np.errstate(divide="ignore", invalid="ignore"):
-        half = stats.t.ppf(0.5 + level / 2, max(df, 1)) * np.sqrt(rel_var * (1 / n_a + 1 / n_b))
+        half = t_quantile(0.5 + level / 2, max(df, 1)) * np.sqrt(rel_var * (1 / n_a + 1 / n_b))
     lo = np.where(known, ratio * np.exp(-half), np.nan)
     hi = np.where(known, ratio * np.exp(half), np.nan)
     if ratio.ndim == 0:
         return float(ratio), float(lo), float(hi)
     return ratio, lo, hi
+
+
+_SCALARS = (int, float, np.integer, np.floating)
+
+
+def _scalar_ratio_interval(mean_a, n_a, mean_b, n_b, rel_var: float, df: int,
+                           level: float) -> tuple[float, float, float]:
+    """``ratio_interval`` of one pair, without the array machinery (a campaign asks ~15 per workload);
+    the same float64 operations, so the same bits."""
+    ratio = np.float64(mean_a) / np.float64(mean_b)
+    n_a, n_b = np.float64(n_a), np.float64(n_b)
+    if not (min(n_a, n_b) >= 2 and df >= 1 and np.isfinite(rel_var)):
+        return float(ratio), float("nan"), float("nan")
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        half = t_quantile(0.5 + level / 2, max(df, 1)) * np.sqrt(rel_var * (1 / n_a + 1 / n_b))
+        return float(ratio), float(ratio * np.exp(-half)), float(ratio * np.exp(half))
 
 
 @dataclass
@@ -120,7 +136,11 @@ class Choice:
     summary: str = ""
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as a flat dict (every value is a number or text, so no deep copy is needed)."""
+        return {name: getattr(self, name) for name in _CHOICE_FIELDS}
+
+
+_CHOICE_FIELDS = tuple(f.name for f in fields(Choice))
 
 
 def _saved(ratio: tuple[float, float, float]) -> tuple[float, float, float]:
@@ -160,35 +180,35 @@ class _Workload:
     """One workload's rows as arrays, with ratios and intervals on its pooled run-to-run noise.
 
     Arrays rather than DataFrame rows: a centre's campaign has thousands of workloads, and pandas'
-    per-row overhead, not the arithmetic, would set the time.
+    per-row overhead, not the arithmetic, would set the time. ``cols`` maps the columns of
+    ``_CHOICE_INPUTS`` to this workload's slice of them (``_columns``).
     """
 
     METRICS = ("time_s", "power_w", "energy_j", "edp", "ed2p")
 
-    def __init__(self, rows: pd.DataFrame):
-        self.rows = rows
-        self.f = rows["sm_clock_mhz"].to_numpy(float)
-        self.n = rows["n_runs"].to_numpy(float)
-        self.mean = {m: rows[f"{m}_mean"].to_numpy(float) for m in self.METRICS}
-        self.default = rows["is_default_clock"].to_numpy(bool)
-        self.excluded = (rows["excluded"].fillna("").to_numpy(str) != "" if "excluded" in rows
-                         else np.zeros(len(rows), bool))
+    def __init__(self, cols: Mapping[str, np.ndarray]):
+        self.gpu = cols["gpu"]
+        self.f = cols["sm_clock_mhz"]
+        self.n = cols["n_runs"]
+        self.mean = {m: cols[f"{m}_mean"] for m in self.METRICS}
+        self.default = cols["is_default_clock"]
+        reasons = cols["excluded"]
+        self.excluded = reasons != ""
         self.valid = ~self.default & ~self.excluded & (self.n > 0)
         v = self.valid
-        self.noise = {m: pooled_rel_var(rows[f"{m}_cv"].to_numpy(float)[v], self.n[v])
-                      for m in ("time_s", "energy_j", "edp", "ed2p")}
-        self.n_excluded, self.excluded_text = _exclusion_text(rows)
-        self.scatter = float(rows["time_s_scatter"].iloc[0]) if "time_s_scatter" in rows else float("nan")
-        self._smooth: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+        self.noise = {m: pooled_rel_var(cols[f"{m}_cv"][v], self.n[v]) for m in ("time_s", "energy_j", "edp", "ed2p")}
+        self.n_excluded, self.excluded_text = _exclusion_text(reasons, self.n, self.f, cols["excluded_runs"])
+        scatter = cols["time_s_scatter"]
+        self.scatter = float(scatter[0]) if len(scatter) else float("nan")
+        self._smooth: dict[bytes, tuple[np.ndarray, np.ndarray] | None] = {}
 
     def smoothed(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
         """Smoothed time and power at rows ``idx`` (cached: every objective asks for the same curves)."""
-        if len(np.unique(self.f[idx])) < 5:
-            return None
         key = idx.tobytes()
         if key not in self._smooth:
-            self._smooth[key] = smooth_curves(self.f[idx], self.mean["time_s"][idx], self.mean["power_w"][idx],
-                                              self.n[idx])
+            self._smooth[key] = (None if len(np.unique(self.f[idx])) < 5 else
+                                 smooth_curves(self.f[idx], self.mean["time_s"][idx], self.mean["power_w"][idx],
+                                               self.n[idx]))
         return self._smooth[key]
 
     def ratio(self, a, b: int, metric: str):
@@ -196,22 +216,28 @@ class _Workload:
         return ratio_interval(self.mean[metric][a], self.n[a], self.mean[metric][b], self.n[b], *self.noise[metric])
 
 
-def _exclusion_text(rows: pd.DataFrame) -> tuple[int, str]:
-    """How many runs and clocks were left out of one workload, and why ("outlier: 2 clocks (...)")."""
+def _exclusion_text(reasons: np.ndarray, n_runs: np.ndarray, clocks: np.ndarray,
+                    excluded_runs: np.ndarray) -> tuple[int, str]:
+    """How many runs and clocks were left out of one workload, and why ("outlier: 2 clocks (...)").
+
+    ``reasons`` is the clock-level verdict per row ("" = kept), ``excluded_runs`` the run-level
+    counts ("cold start:1; bad repeat:2", "" where none).
+    """
     parts, total = [], 0
-    reasons = rows["excluded"].fillna("").to_numpy(str) if "excluded" in rows else np.full(len(rows), "")
-    hit = (reasons != "") & (rows["n_runs"].to_numpy() > 0)
+    hit = (reasons != "") & (n_runs > 0)
     if hit.any():
-        clocks = rows[hit]
-        for reason, n in clocks["excluded"].value_counts().sort_index().items():
-            at = sorted(clocks.loc[clocks["excluded"] == reason, "sm_clock_mhz"], reverse=True)
+        for reason in sorted(set(reasons[hit])):
+            mine = hit & (reasons == reason)
+            n = int(mine.sum())
+            at = sorted(clocks[mine], reverse=True)
             listed = ", ".join(f"{f:.0f}" for f in at[:6]) + (", ..." if len(at) > 6 else "")
             parts.append(f"{reason}: {n} clock{'s' * (n > 1)} ({listed} MHz)")
-            total += int(clocks.loc[clocks["excluded"] == reason, "n_runs"].sum())
-    if "excluded_runs" in rows and rows["excluded_runs"].notna().any():
+            total += int(n_runs[mine].sum())
+    texts = [t for t in excluded_runs if t]
+    if texts:
         counts: dict[str, int] = {}
-        for text in rows["excluded_runs"].dropna():
-            for item in str(text).split("; "):
+        for text in texts:
+            for item in text.split("; "):
                 reason, _, n = item.rpartition(":")
                 counts[reason] = counts.get(reason, 0) + int(n)
         for reason, n in sorted(counts.items()):
@@ -230,35 +256,57 @@ def smooth_curves(clocks_mhz, time_s, power_w, weights=None) -> tuple[np.ndarray
     """
     x = np.log(np.asarray(clocks_mhz, float))
     w = np.ones_like(x) if weights is None else np.maximum(np.asarray(weights, float), 1e-9)
-    return tuple(np.exp(_gcv_smooth(x, np.log(np.asarray(y, float)), w)) for y in (time_s, power_w))
+    return tuple(np.exp(s) for s in _gcv_smooth(x, [np.log(np.asarray(y, float)) for y in (time_s, power_w)], w))
 
 
-def _gcv_smooth(x: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Whittaker smoother on irregular ``x``: argmin sum w (y - s)^2 + lam |D2 s|^2, lam by GCV.
+_LAMBDAS = np.logspace(-12, 2, 57)  # the smoothing strengths GCV chooses from
 
-    One eigendecomposition serves every ``lam`` of the search, so a workload costs milliseconds.
+
+def _gcv_smooth(x: np.ndarray, ys: Sequence[np.ndarray], w: np.ndarray) -> list[np.ndarray]:
+    """Whittaker smoother on irregular ``x``: argmin sum w (y - s)^2 + lam |D2 s|^2, lam by GCV, per ``y``.
+
+    One eigendecomposition serves every ``lam`` of the search and every curve on the same clocks
+    and weights (time and power; and the workloads of a campaign, which share their clock list and
+    repeats: ``_smoother`` keeps the last few), so a workload costs a fraction of a millisecond.
     """
     order = np.argsort(x)
-    xs, ys, ws = x[order], y[order], w[order]
+    xs, ws = x[order], w[order]
+    n = len(xs)
+    u, shrink, dof, sw = _smoother(xs.tobytes(), ws.tobytes())
+    out = []
+    for y in ys:
+        y_sorted = y[order]
+        z = u.T @ (sw * y_sorted)
+        fits = (u @ (shrink * z).T).T / sw                                  # every lambda at once
+        gcv = n * ((ws * (y_sorted - fits) ** 2).sum(axis=1)) / dof
+        smooth = np.empty(n)
+        smooth[order] = fits[int(np.argmin(gcv))]
+        out.append(smooth)
+    return out
+
+
+@lru_cache(maxsize=64)
+def _smoother(x_bytes: bytes, w_bytes: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(eigenvectors, shrink factors per lambda, GCV denominators, sqrt weights) for sorted clocks and weights."""
+    xs, ws = np.frombuffer(x_bytes), np.frombuffer(w_bytes)
     n = len(xs)
     xs = (xs - xs[0]) / max(xs[-1] - xs[0], 1e-12)
     h = np.diff(xs)
+    a, b = h[:-1], h[1:]
     d = np.zeros((n - 2, n))
-    for i in range(n - 2):
-        a, b = h[i], h[i + 1]
-        d[i, i:i + 3] = 2 * np.array([1 / (a * (a + b)), -1 / (a * b), 1 / (b * (a + b))])
+    rows = np.arange(n - 2)
+    d[rows, rows] = 2 * (1 / (a * (a + b)))
+    d[rows, rows + 1] = 2 * (-1 / (a * b))
+    d[rows, rows + 2] = 2 * (1 / (b * (a + b)))
     sw = np.sqrt(ws)
     m = (d / sw).T @ (d / sw)
     eig, u = np.linalg.eigh(m)
     eig = np.clip(eig, 0, None)
-    z = u.T @ (sw * ys)
-    shrink = 1 / (1 + np.logspace(-12, 2, 57)[:, None] * eig[None, :])     # (lambdas, n)
-    fits = (u @ (shrink * z).T).T / sw                                      # every lambda at once
-    gcv = n * ((ws * (ys - fits) ** 2).sum(axis=1)) / np.maximum(n - shrink.sum(axis=1), 1e-9) ** 2
-    best = fits[int(np.argmin(gcv))]
-    out = np.empty(n)
-    out[order] = best
-    return out
+    shrink = 1 / (1 + _LAMBDAS[:, None] * eig[None, :])                    # (lambdas, n)
+    dof = np.maximum(n - shrink.sum(axis=1), 1e-9) ** 2
+    for array in (u, shrink, dof, sw):
+        array.flags.writeable = False  # shared between calls: nobody may change them
+    return u, shrink, dof, sw
 
 
 def _fitted_optimum(w: _Workload, idx: np.ndarray, objective: str, max_slowdown: float | None) -> float:
@@ -279,6 +327,26 @@ _CHOICE_INPUTS = ["workload", "gpu", "sm_clock_mhz", "is_default_clock", "exclud
                                        for s in ("mean", "cv")]
 
 
+def _columns(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+    """The columns a choice reads, as arrays with missing values filled as ``_Workload`` expects."""
+    n = len(rows)
+
+    def text(name: str) -> np.ndarray:
+        if name not in rows:
+            return np.full(n, "", dtype=object)
+        return rows[name].fillna("").astype(str).to_numpy(object)
+
+    cols = {"workload": rows["workload"].to_numpy(), "gpu": rows["gpu"].to_numpy(),
+            "is_default_clock": rows["is_default_clock"].to_numpy(bool),
+            "excluded": text("excluded"), "excluded_runs": text("excluded_runs"),
+            "time_s_scatter": (rows["time_s_scatter"].to_numpy(float) if "time_s_scatter" in rows
+                               else np.full(n, np.nan))}
+    for name in _CHOICE_INPUTS:
+        if name not in cols:
+            cols[name] = rows[name].to_numpy(float)
+    return cols
+
+
 @threadpool_limits.wrap(limits=1)  # small matrices: extra BLAS threads only contend on a small or busy node
 def choose_clock(table: pd.DataFrame, workload: str, objective: str = "edp", max_slowdown: float | None = 0.05,
                  choose_on: str = "measured") -> Choice:
@@ -287,7 +355,8 @@ def choose_clock(table: pd.DataFrame, workload: str, objective: str = "edp", max
     ``choose_on="fit"`` picks the optimum of the fitted curves instead of the best single mean, for
     sweeps whose neighbouring clocks scatter more than the differences between them.
     """
-    return _choose(_Workload(table[table["workload"] == workload]), workload, objective, max_slowdown, choose_on)
+    return _choose(_Workload(_columns(table[table["workload"] == workload])), workload, objective, max_slowdown,
+                   choose_on)
 
 
 def _choose(w: _Workload, workload: str, objective: str, max_slowdown: float | None, choose_on: str) -> Choice:
@@ -295,7 +364,7 @@ def _choose(w: _Workload, workload: str, objective: str, max_slowdown: float | N
         raise ValueError(f"unknown objective {objective!r}; choose from {OBJECTIVES}")
     if choose_on not in ("measured", "fit"):
         raise ValueError(f"choose_on must be 'measured' or 'fit', not {choose_on!r}")
-    rows, n_excl, excl_text = w.rows, w.n_excluded, w.excluded_text
+    n_excl, excl_text = w.n_excluded, w.excluded_text
     valid = np.flatnonzero(w.valid)
     if not len(valid):
         raise DataError(f"workload {workload!r} has no usable locked-clock run"
@@ -304,7 +373,8 @@ def _choose(w: _Workload, workload: str, objective: str, max_slowdown: float | N
     metric = SCORE_COLUMN[objective].removesuffix("_mean")
     slow, _, slow_hi = _slower(w.ratio(valid, ref, "time_s"))
     # A lower clock "faster" than the reference beyond the noise: the data is wrong somewhere.
-    single_noise = 100 * max(SINGLE_RUN_SIGMAS * np.nan_to_num(w.scatter, nan=0.0), 2 * FASTER_FLOOR)
+    scatter = 0.0 if np.isnan(w.scatter) else w.scatter
+    single_noise = 100 * max(SINGLE_RUN_SIGMAS * scatter, 2 * FASTER_FLOOR)
     faster = (slow < -100 * FASTER_FLOOR) & np.where(np.isfinite(slow_hi), slow_hi < 0, slow < -single_noise)
     problems = []
     if faster.any():
@@ -329,7 +399,7 @@ def _choose(w: _Workload, workload: str, objective: str, max_slowdown: float | N
     pick = ref if verdict == "no significant saving" else chosen
     e_sv, t_sl, o_sv = _effects(lambda q: w.ratio(pick, ref, q), metric)
     choice = Choice(
-        workload=workload, gpu=str(rows["gpu"].iloc[ref]), objective=objective, max_slowdown=max_slowdown,
+        workload=workload, gpu=str(w.gpu[ref]), objective=objective, max_slowdown=max_slowdown,
         clock_mhz=float(w.f[pick]), verdict=verdict, chosen_on="fit" if chosen != best else "measured",
         best_measured_mhz=float(w.f[best]), fitted_mhz=fitted, reference_clock_mhz=float(w.f[ref]),
         energy_j=float(w.mean["energy_j"][pick]), time_s=float(w.mean["time_s"][pick]), energy_saved_pct=e_sv[0],
@@ -403,7 +473,7 @@ def summarise(c: Choice) -> str:
 @threadpool_limits.wrap(limits=1)
 def _no_answer(w: _Workload, workload: str, objective: str, max_slowdown: float | None, why: str) -> dict:
     nan = float("nan")
-    c = Choice(workload=workload, gpu=str(w.rows["gpu"].iloc[0]), objective=objective, max_slowdown=max_slowdown,
+    c = Choice(workload=workload, gpu=str(w.gpu[0]), objective=objective, max_slowdown=max_slowdown,
                clock_mhz=nan, verdict="no usable data", chosen_on="", best_measured_mhz=nan, fitted_mhz=nan,
                reference_clock_mhz=nan, energy_j=nan, time_s=nan, energy_saved_pct=nan, energy_saved_lo_pct=nan,
                energy_saved_hi_pct=nan, slowdown_pct=nan, slowdown_lo_pct=nan, slowdown_hi_pct=nan,
@@ -420,12 +490,18 @@ def choose_all(table: pd.DataFrame, objective: str | Sequence[str] = "edp", max_
     objectives = [objective] if isinstance(objective, str) else list(objective)
     locked = table[~table["is_default_clock"].astype(bool)]
     names = set(locked["workload"])
-    slim = table[[c for c in _CHOICE_INPUTS if c in table]]  # a campaign's table has ~100 columns; copy 20
+    # One sort and one conversion to arrays for the whole table; each workload is then a slice of them.
+    order = np.argsort(table["workload"].to_numpy(), kind="stable")
+    cols = _columns(table.iloc[order])
+    wls = cols.pop("workload")
+    starts = np.flatnonzero(np.r_[True, wls[1:] != wls[:-1]]) if len(wls) else np.zeros(0, int)
+    ends = np.r_[starts[1:], len(wls)]
     per_objective: dict[str, list[dict]] = {o: [] for o in objectives}
-    for wl, rows in slim.groupby("workload", sort=True):
+    for a, b in zip(starts, ends, strict=True):
+        wl = wls[a]
         if wl not in names:
             continue
-        w = _Workload(rows)
+        w = _Workload({k: v[a:b] for k, v in cols.items()})
         for o in objectives:
             try:
                 per_objective[o].append(_choose(w, wl, o, max_slowdown, choose_on).to_dict())

@@ -612,3 +612,13 @@ def test_report_guided_section_survives_a_search_with_no_choice():
 
     blocks = _guided_blocks("/x/res", {"clock_mhz": None, "stop_reason": "no usable run at the max clock"})
     assert blocks[-1] == ("p", "No clock chosen: no usable run at the max clock.")
+
+
+def test_simulated_runs_the_host_could_not_pace_are_screened_as_host_bound():
+    from power_modeling.features import flag_runs
+
+    runs = pd.DataFrame({"workload": "w", "sm_clock_mhz": [1785, 1785, 990, 990], "gpu": "H100",
+                         "time_s": [3.0, 3.0, 4.0, 23.0], "power_w": 300.0, "host_bound_s": [0.0, 0.01, 0.0, 19.0],
+                         "run_index": [0, 1, 0, 1], "sequence": range(4), "is_default_clock": False})
+    reason = flag_runs(runs)
+    assert list(reason) == ["", "", "", "host-bound (simulated GPU)"]
