@@ -301,6 +301,8 @@ def load_results_dirs(dirs: list[Path], notes: list[str] | None = None) -> pd.Da
         "gpu": _column(df, "gpu_type", columns, [m.get("gpu_type") for m in manifests]).fillna("unknown")
         .astype(str).to_numpy(),
         "gpu_name": _column(df, "gpu_name", columns, "").to_numpy(),
+        # The SKU the launcher resolved (H100-SXM5 vs H100-NVL differ in peak FLOP/s and TDP); "" before it.
+        "gpu_sku": df["gpu_sku"].fillna("").astype(str).to_numpy() if "gpu_sku" in df else "",
         "backend": backend.to_numpy(),
         "synthetic": _per_dir(synthetic, d).astype(bool),
         "sm_clock_mhz": df["sm_clock_target_mhz"].fillna(df["sm_clock_mean_mhz"] if "sm_clock_mean_mhz" in df
@@ -430,12 +432,17 @@ def _workload_names(df: pd.DataFrame) -> pd.Series:
 
 
 def add_utilisation(runs: pd.DataFrame) -> None:
-    """Achieved TFLOP/s and model FLOP utilisation against the GPU type's dense peak (configs/gpus.yaml)."""
+    """Achieved TFLOP/s and model FLOP utilisation against the dense peak (configs/gpus.yaml) of the
+    run's SKU where the launcher recorded one it knows, else of its GPU type (the family's default SKU)."""
     specs = load_gpu_specs()
     runs["achieved_tflops"] = runs["flops_per_image"] * runs["images"] / runs["time_s"] / 1e12
     dtype = runs["app_dtype"].astype(str) if "app_dtype" in runs else pd.Series("bf16", index=runs.index)
     dtype = dtype.where(dtype.isin(["fp16", "bf16", "fp32"]), "bf16")
-    gpu_code, gpus = pd.factorize(runs["gpu"].astype(str))
+    gpu = runs["gpu"].astype(str)
+    if "gpu_sku" in runs:
+        sku = runs["gpu_sku"].astype(str)
+        gpu = sku.where(sku.isin(list(specs)), gpu)
+    gpu_code, gpus = pd.factorize(gpu)
     dtype_code, dtypes = pd.factorize(dtype)
     peak = np.array([[(specs.get(g, {}).get("peak_tflops") or {}).get(d) or np.nan for d in dtypes] for g in gpus],
                     dtype=float).reshape(len(gpus), len(dtypes))  # one lookup per (GPU type, dtype)

@@ -622,3 +622,14 @@ def test_simulated_runs_the_host_could_not_pace_are_screened_as_host_bound():
                          "run_index": [0, 1, 0, 1], "sequence": range(4), "is_default_clock": False})
     reason = flag_runs(runs)
     assert list(reason) == ["", "", "", "host-bound (simulated GPU)"]
+
+
+def test_utilisation_uses_the_recorded_sku_peak_where_the_launcher_resolved_one():
+    from power_modeling.io import add_utilisation
+
+    runs = pd.DataFrame({"gpu": ["H100", "H100", "H100"], "gpu_sku": ["H100-SXM5", "", "not-a-sku"],
+                         "flops_per_image": 1e15, "images": 1, "time_s": 2.0, "app_dtype": "bf16"})
+    add_utilisation(runs)
+    assert runs["achieved_tflops"].tolist() == [500.0] * 3
+    # H100-SXM5's dense bf16 peak is 989 TFLOP/s; without a known SKU the family's default (H100-NVL, 835).
+    assert runs["mfu"].tolist() == pytest.approx([500 / 989, 500 / 835, 500 / 835])
