@@ -520,3 +520,21 @@ def test_refiner_img2img_counts_the_steps_it_runs(tmp_path):
     Image.new("RGB", (64, 64), (200, 30, 30)).save(init)
     m = gen(tmp_path, model_variant="sdxl-refiner", init_image=str(init), steps=5, strength=0.4)
     assert [len(s) for s in m["per_step_s"]] == [2]  # int(5 * 0.4) steps of the schedule's end
+
+
+def test_cpu_threads_sets_torch_threads_on_the_cpu_and_refuses_nonsense(tmp_path, capsys):
+    from app.cli import main
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        m = tmp_path / "m.json"
+        assert main(["--weights", "tiny", "--height", "64", "--width", "64", "--steps", "2", "--no-save-images", "-q",
+                     "--device", "cpu", "--cpu-threads", "1", "--output-dir", str(tmp_path),
+                     "--export-metrics", str(m)]) == 0
+        assert torch.get_num_threads() == 1 and json.loads(m.read_text())["config"]["cpu_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
+    for bad in ("0", "-2"):
+        assert main(["--weights", "tiny", "--cpu-threads", bad, "--output-dir", str(tmp_path / "x")]) == 2
+        assert "--cpu-threads" in capsys.readouterr().err and not (tmp_path / "x").exists()
